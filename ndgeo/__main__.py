@@ -1,0 +1,3 @@
+from ndgeo.cli import main
+
+main()
