@@ -1,18 +1,113 @@
-"""``ndgeo apply`` and ``ndgeo index``."""
+"""``ndgeo apply`` and ``ndgeo index``: chunk-wise outputs over GeoTIFFs of any size."""
 
 from __future__ import annotations
 
-from ndgeo.cli._app import app
-from ndgeo.errors import NdgeoError
+from pathlib import Path
+
+import typer
+
+from ndgeo import apply as lib
+from ndgeo import engine
+from ndgeo.cli._app import app, console, is_quiet
+from ndgeo.cli._common import parse_key_values, parse_list, pixel_progress, print_json
+from ndgeo.raster import open_raster
+
+_BANDS = typer.Option(None, "--bands", help="Band names or 1-based indexes of the image, comma-separated, overriding its band descriptions.")
+_SENSOR = typer.Option(None, "--sensor", help="Sensor preset naming the bands: sentinel-2, landsat-8, landsat-7, generic.")
+_NODATA = typer.Option(None, "--nodata", help="Input nodata value, overriding the file's.")
+_CHUNK = typer.Option(1024, "--chunk-size", help="Pixels per side of a dask chunk (I/O unit), rounded to the file's tiling.")
+_SCHED = typer.Option(None, "--scheduler", help="dask.distributed scheduler address (tcp://HOST:PORT); default: local threads.")
+_WORKERS = typer.Option(None, "--workers", help="Start a local cluster of N worker processes.")
+_CO = typer.Option(None, "--co", help="GDAL creation option KEY=VALUE (repeatable), e.g. --co COMPRESS=ZSTD.")
+_CONFIG = typer.Option(None, "--config", help="GDAL configuration option KEY=VALUE for reading/writing, set on every worker (repeatable).")
+_COG = typer.Option(False, "--cog", help="Write a Cloud-Optimized GeoTIFF (with overviews).")
+_OVERWRITE = typer.Option(False, "--overwrite", help="Replace OUT if it exists.")
+_DRY = typer.Option(False, "--dry-run", help="Print the plan (chunks, output profile, memory estimate) as JSON and exit.")
 
 
-@app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def apply() -> None:
-    """Apply a model chunk-wise to a GeoTIFF (not yet implemented)."""
-    raise NdgeoError("`ndgeo apply` is not implemented yet")
+def _run(ctx: typer.Context, processor, info, positions, out: Path, *, chunk_size, scheduler,
+         workers, co, config, cog, overwrite, dry_run, what: str) -> None:
+    options = dict(
+        chunk_size=chunk_size, scheduler=scheduler, workers=workers, overwrite=overwrite,
+        cog=cog, creation_options=parse_key_values(co), dry_run=dry_run,
+        gdal_env=parse_key_values(config, "--config") or None,
+    )
+    if dry_run:
+        print_json(engine.run(processor, info, positions, out, **options))
+        return
+    quiet = is_quiet(ctx)
+    with pixel_progress(what, quiet=quiet) as progress:
+        result = engine.run(processor, info, positions, out, progress=progress, **options)
+    if not quiet:
+        console.print(
+            f"wrote [bold]{result.out_path}[/] ({result.windows} chunks, {result.skipped} all "
+            f"nodata skipped, {result.pixels / max(result.seconds, 1e-9) / 1e6:.2f} Mpx/s, "
+            f"{result.scheduler})"
+        )
 
 
-@app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def index() -> None:
-    """Compute catalogue or exported indices chunk-wise (not yet implemented)."""
-    raise NdgeoError("`ndgeo index` is not implemented yet")
+@app.command("apply")
+def apply_cmd(
+    ctx: typer.Context,
+    model: Path = typer.Argument(..., help="Model file written by `ndgeo train`."),
+    image: Path = typer.Argument(..., help="Input GeoTIFF (any size)."),
+    out: Path = typer.Option(..., "-o", "--output-file", help="Output GeoTIFF."),
+    output: list[str] = typer.Option(["class"], "--output", help="What to write: class, proba, indices (repeatable or comma-separated; several are stacked as float32 bands)."),
+    quantize: bool = typer.Option(False, "--quantize", help="Write probabilities as uint8 (value/250) instead of float32."),
+    denoise: Path | None = typer.Option(None, "--denoise", help="Denoiser file (`ndgeo denoise train`) applied before the model, in the same pass."),
+    batch_size: int = typer.Option(65536, "--batch-size", help="Pixels per model batch (compute unit)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    bands: str | None = _BANDS,
+    sensor: str | None = _SENSOR,
+    nodata: float | None = _NODATA,
+    chunk_size: int = _CHUNK,
+    scheduler: str | None = _SCHED,
+    workers: int | None = _WORKERS,
+    co: list[str] | None = _CO,
+    config: list[str] | None = _CONFIG,
+    cog: bool = _COG,
+    overwrite: bool = _OVERWRITE,
+    dry_run: bool = _DRY,
+) -> None:
+    """Apply a trained model chunk-wise to IMAGE and write class ids, probabilities or indices."""
+    info = open_raster(image, bands=parse_list(bands), sensor=sensor, nodata=nodata)
+    processor, positions = lib.model_processor(
+        model, info, outputs=[o for item in output for o in parse_list(item) or []],
+        batch_size=batch_size, device=device, quantize_proba=quantize, denoiser=denoise,
+        chunk_size=chunk_size,
+    )
+    _run(ctx, processor, info, positions, out, chunk_size=chunk_size, scheduler=scheduler,
+         workers=workers, co=co, config=config, cog=cog, overwrite=overwrite, dry_run=dry_run,
+         what="apply")
+
+
+@app.command("index")
+def index_cmd(
+    ctx: typer.Context,
+    image: Path = typer.Argument(..., help="Input GeoTIFF (any size)."),
+    out: Path = typer.Option(..., "-o", "--output-file", help="Output GeoTIFF (float32, one band per index)."),
+    name: str | None = typer.Option(None, "--name", help="Catalogue indices (Awesome Spectral Indices / spyndex names), comma-separated, e.g. NDVI,NDWI."),
+    formula: list[str] | None = typer.Option(None, "--formula", help="A formula NAME=EXPR over band names or ASI letters (repeatable); + - * / ** and parentheses only."),
+    formula_file: Path | None = typer.Option(None, "--formula-file", help="JSON file from `ndgeo formula --format asi`."),
+    scale: float = typer.Option(1.0, "--scale", help="Multiply band values by this before the formulas (e.g. 0.0001 for reflectance x 10000; matters for indices with constants such as EVI)."),
+    bands: str | None = _BANDS,
+    sensor: str | None = _SENSOR,
+    nodata: float | None = _NODATA,
+    chunk_size: int = _CHUNK,
+    scheduler: str | None = _SCHED,
+    workers: int | None = _WORKERS,
+    co: list[str] | None = _CO,
+    config: list[str] | None = _CONFIG,
+    cog: bool = _COG,
+    overwrite: bool = _OVERWRITE,
+    dry_run: bool = _DRY,
+) -> None:
+    """Compute catalogue or exported indices chunk-wise, without a model."""
+    info = open_raster(image, bands=parse_list(bands), sensor=sensor, nodata=nodata)
+    processor, positions = lib.index_processor(
+        info, names=parse_list(name) or [], formulas=formula or [], formula_file=formula_file,
+        scale=scale,
+    )
+    _run(ctx, processor, info, positions, out, chunk_size=chunk_size, scheduler=scheduler,
+         workers=workers, co=co, config=config, cog=cog, overwrite=overwrite, dry_run=dry_run,
+         what="index")

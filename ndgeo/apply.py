@@ -1,0 +1,351 @@
+"""Processors that turn the engine's blocks into model outputs or index values.
+
+``ndgeo apply`` (a trained pixel model), ``ndgeo index`` (catalogue or exported formulas) and
+``ndgeo denoise apply`` all run on :func:`ndgeo.engine.run`; this module holds what they run.
+Processors are small picklable objects: model files are loaded once per process with
+:func:`ndgeo.engine.cached_load`, and tasks only ever return CPU numpy arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ndgeo.bands import select_bands
+from ndgeo.checkpoint import load_model
+from ndgeo.engine import cached_load
+from ndgeo.errors import NdgeoError
+from ndgeo.formula import (
+    catalogue_constants,
+    catalogue_expression,
+    evaluate,
+    expression_variables,
+    to_plain,
+)
+from ndgeo.raster import RasterInfo
+
+OUTPUTS = ("class", "proba", "indices")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA if available else CPU; ``cuda`` without a GPU is a user error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise NdgeoError("--device cuda requested but no CUDA GPU is available; use --device cpu")
+    if device not in ("cpu", "cuda"):
+        raise NdgeoError(f"--device must be auto, cpu or cuda, got {device!r}")
+    return torch.device(device)
+
+
+def batches(n: int, batch_size: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``batch_size`` covering ``range(n)``."""
+    if batch_size < 1:
+        raise NdgeoError(f"batch size must be >= 1, got {batch_size}")
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+@torch.no_grad()
+def run_batched(fn, x: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+    """``fn`` over rows of ``x`` (N, C) in batches on ``device``; returns CPU float32 (N, K).
+
+    On CUDA the host batch is pinned and copied without blocking, so the copy of one batch
+    overlaps the previous batch's compute; results come back to the CPU batch by batch.
+    """
+    outs = []
+    cuda = device.type == "cuda"
+    for part in batches(len(x), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(x[part]))
+        if cuda:
+            batch = batch.pin_memory().to(device, non_blocking=True)
+        outs.append(fn(batch).float().cpu().numpy())
+    if not outs:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(outs, axis=0)
+
+
+def model_bands(meta: dict) -> list[str]:
+    """Band names a model was trained on, in its input order."""
+    return [b["name"] for b in meta.get("bands", [])]
+
+
+def match_model_bands(meta: dict, image: RasterInfo) -> list[int]:
+    """Positions in ``image`` of the model's bands, matched by name (or ASI letter)."""
+    wanted = [b.get("letter") or b["name"] for b in meta.get("bands", [])]
+    names = [b["name"] for b in meta.get("bands", [])]
+    if not wanted:
+        raise NdgeoError("the model file lists no bands")
+    try:
+        return select_bands(names, image.bands)
+    except NdgeoError:
+        pass
+    try:
+        return select_bands(wanted, image.bands)
+    except NdgeoError as err:
+        raise NdgeoError(f"{err} (the model needs: {', '.join(names)})") from None
+
+
+def _load(path: str):
+    model, meta = load_model(path)
+    return model, meta
+
+
+@dataclass
+class ModelProcessor:
+    """Per-pixel model outputs: ``class`` ids, class ``proba`` and/or first-layer ``indices``.
+
+    With one output the file keeps its natural type (uint8/uint16 classes with a colour table;
+    float32 or uint8-quantised probabilities; float32 indices). With several, the bands are
+    stacked in the order given as float32.
+    """
+
+    model_path: str
+    meta: dict
+    outputs: Sequence[str] = ("class",)
+    batch_size: int = 65536
+    device: str = "cpu"
+    quantize_proba: bool = False
+    index_descriptions: Sequence[str] = ()
+    denoiser: object | None = None
+    halo: int = 0
+    out_count: int = field(init=False)
+    out_dtype: str = field(init=False)
+    out_nodata: float = field(init=False)
+    descriptions: list[str] = field(init=False)
+    tags: dict = field(init=False)
+    colormap: dict | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        outputs = list(dict.fromkeys(self.outputs))
+        bad = [o for o in outputs if o not in OUTPUTS]
+        if bad or not outputs:
+            raise NdgeoError(f"--output must be among {', '.join(OUTPUTS)}, got {bad or outputs}")
+        self.outputs = outputs
+        kind = self.meta.get("config", {}).get("kind")
+        if "indices" in outputs and kind != "nd":
+            raise NdgeoError(f"--output indices needs an ND model; this model is {kind!r}")
+        classes = self.meta.get("classes", [])
+        self.class_names = [c["name"] for c in classes]
+        n_classes = len(classes)
+        n_indices = self.meta["config"].get("n_indices", 0)
+        if self.meta["config"].get("pairs"):
+            n_indices = len(self.meta["config"]["pairs"])
+        counts = {"class": 1, "proba": n_classes, "indices": n_indices}
+        self.out_count = sum(counts[o] for o in outputs)
+        descriptions: list[str] = []
+        for o in outputs:
+            if o == "class":
+                descriptions.append("class")
+            elif o == "proba":
+                descriptions += [f"proba_{name}" for name in self.class_names]
+            else:
+                descriptions += list(self.index_descriptions) or [
+                    f"ND{k + 1}" for k in range(n_indices)
+                ]
+        self.descriptions = descriptions
+        class_map = {str(c["id"] + 1): c["name"] for c in classes}
+        self.tags = {"NDGEO_MODEL": os.path.basename(self.model_path),
+                     "NDGEO_OUTPUTS": ",".join(outputs),
+                     "CLASSES": json.dumps(class_map)}
+        self.colormap = None
+        if outputs == ["class"]:
+            self.out_dtype = "uint8" if n_classes <= 254 else "uint16"
+            self.out_nodata = 0
+            self.colormap = {0: (0, 0, 0, 0)}
+            for c in classes:
+                self.colormap[c["id"] + 1] = tuple(_rgb(c.get("color"))) + (255,)
+        elif outputs == ["proba"] and self.quantize_proba:
+            self.out_dtype, self.out_nodata = "uint8", 255
+            self.tags.update(SCALE="0.004", OFFSET="0", NDGEO_PROBA="value * 1/250")
+        else:
+            self.out_dtype, self.out_nodata = "float32", float("nan")
+
+    def _model(self):
+        return cached_load(self.model_path, _load)[0]
+
+    def __call__(self, block: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        device = resolve_device(self.device)
+        if self.denoiser is not None:
+            block = self.denoiser.denoise(block, valid)
+        c, height, width = block.shape
+        out = np.full((self.out_count, height, width), self.out_nodata, dtype=self.out_dtype)
+        pixels = block[:, valid].T  # (N, C)
+        pixels = np.clip(pixels, 0, None)  # reflectance below 0 is clamped, as in training
+        if len(pixels) == 0:
+            return out
+        model = self._model().to(device)
+        results = []
+        want_logits = "class" in self.outputs or "proba" in self.outputs
+        if want_logits:
+            proba = run_batched(lambda b: torch.softmax(model(b), dim=1), pixels,
+                                self.batch_size, device)
+        for o in self.outputs:
+            if o == "class":
+                results.append(np.argmax(proba, axis=1)[:, None].astype(np.float64) + 1)
+            elif o == "proba":
+                results.append(np.round(proba * 250) if self.quantize_proba
+                               and self.outputs == ["proba"] else proba)
+            else:
+                results.append(run_batched(model.indices, pixels, self.batch_size, device))
+        values = np.concatenate(results, axis=1).T.astype(self.out_dtype)
+        out[:, valid] = values
+        return out
+
+
+def _rgb(color) -> tuple[int, int, int]:
+    if isinstance(color, str) and color.startswith("#") and len(color) == 7:
+        return tuple(int(color[i:i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+    if isinstance(color, list | tuple) and len(color) >= 3:
+        return tuple(int(v) for v in color[:3])  # type: ignore[return-value]
+    return (128, 128, 128)
+
+
+def open_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
+    """Load a model file (safe, no code execution) for use in the main process."""
+    return load_model(path)
+
+
+
+@dataclass
+class IndexProcessor:
+    """Band-math formulas (catalogue indices or exported learned ones) as float32 bands."""
+
+    expressions: Sequence[tuple[str, str]]  # (name, formula)
+    variables: Sequence[str]  # formula variable of each input band, in engine band order
+    constants: dict = field(default_factory=dict)
+    scale: float = 1.0
+    halo: int = 0
+    out_dtype: str = "float32"
+    out_nodata: float = float("nan")
+
+    def __post_init__(self) -> None:
+        self.out_count = len(self.expressions)
+        self.descriptions = [f"{name} = {text}" for name, text in self.expressions]
+        self.tags = {"NDGEO_INDICES": json.dumps(dict(self.expressions))}
+        if self.scale != 1.0:
+            self.tags["NDGEO_INPUT_SCALE"] = str(self.scale)
+
+    def __call__(self, block: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        arrays = {var: block[i] * self.scale for i, var in enumerate(self.variables)}
+        out = np.stack([evaluate(text, arrays, self.constants) for _, text in self.expressions])
+        out = out.astype(np.float32)
+        out[~np.isfinite(out)] = np.nan
+        return out
+
+
+def index_processor(
+    image: RasterInfo,
+    *,
+    names: Sequence[str] = (),
+    formulas: Sequence[str] = (),
+    formula_file: str | os.PathLike | None = None,
+    scale: float = 1.0,
+) -> tuple[IndexProcessor, list[int]]:
+    """Build the processor and input band positions for ``ndgeo index``.
+
+    ``names`` are spyndex catalogue indices (with their default constants); ``formulas`` are
+    ``NAME=EXPR`` or bare expressions over band names or ASI letters; ``formula_file`` is a JSON
+    document in the Awesome Spectral Indices layout (as ``ndgeo formula --format asi`` writes).
+    """
+    exprs: list[tuple[str, str]] = []
+    constants: dict[str, float | None] = {}
+    for name in names:
+        text, _, consts = catalogue_expression(name)
+        exprs.append((name, text))
+        constants.update(consts)
+    for k, text in enumerate(formulas, start=1):
+        label, sep, body = text.partition("=")
+        if sep and label.strip().isidentifier() and body.strip():
+            exprs.append((label.strip(), body.strip()))
+        else:
+            exprs.append((f"F{k}", text.strip()))
+    if formula_file is not None:
+        exprs += _read_formula_file(formula_file)
+    if not exprs:
+        raise NdgeoError("give at least one --name, --formula or --formula-file")
+    known_constants = catalogue_constants()
+    variables: list[str] = []
+    for _, text in exprs:
+        for var in sorted(expression_variables(text)):
+            if var in known_constants and known_constants[var] is not None:
+                constants.setdefault(var, known_constants[var])
+            elif var not in variables:
+                variables.append(var)
+    positions = select_bands(variables, image.bands)
+    return IndexProcessor(exprs, variables, constants, scale=scale), positions
+
+
+def _read_formula_file(path: str | os.PathLike) -> list[tuple[str, str]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise NdgeoError(f"formula file not found: {path}") from None
+    except (OSError, ValueError) as err:
+        raise NdgeoError(f"cannot read formula file {path}: {err}") from None
+    entries = doc.get("SpectralIndices") if isinstance(doc, dict) else None
+    if not isinstance(entries, dict) or not entries:
+        raise NdgeoError(
+            f"{path} is not an Awesome Spectral Indices document "
+            '({"SpectralIndices": {NAME: {"formula": ...}}})'
+        )
+    out = []
+    for key, entry in entries.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("formula"), str):
+            raise NdgeoError(f"{path}: entry {key!r} has no formula")
+        out.append((str(entry.get("short_name", key)), entry["formula"]))
+    return out
+
+
+def index_formulas(model: torch.nn.Module, meta: dict, *, precision: int = 3) -> list:
+    """The model's first-layer indices as formula objects (band letters where known)."""
+    from ndgeo.bands import Band
+    from ndgeo.formula import formulas_from_coefficients
+
+    bands = [Band(b["name"], b.get("letter")) for b in meta["bands"]]
+    coeffs = model.index_coefficients([b.name for b in bands])
+    return formulas_from_coefficients(coeffs, bands, precision=precision)
+
+
+def model_processor(
+    model_path: str | os.PathLike,
+    image: RasterInfo,
+    *,
+    outputs: Sequence[str] = ("class",),
+    batch_size: int = 65536,
+    device: str = "auto",
+    quantize_proba: bool = False,
+    denoiser: str | os.PathLike | None = None,
+    chunk_size: int = 1024,
+) -> tuple[ModelProcessor, list[int]]:
+    """Build the processor and input band positions for ``ndgeo apply``.
+
+    The model file is read once here (for its metadata and formulas); workers load it again
+    from ``model_path`` once per process. Bands are matched by name, never by position.
+    """
+    resolve_device(device)  # fail early on --device cuda without a GPU
+    model, meta = load_model(model_path)
+    positions = match_model_bands(meta, image)
+    descriptions: list[str] = []
+    if meta.get("config", {}).get("kind") == "nd":
+        descriptions = [to_plain(f) for f in index_formulas(model, meta)]
+    stage = None
+    halo = 0
+    if denoiser is not None:
+        from ndgeo.denoise import denoise_stage
+
+        stage = denoise_stage(denoiser, image, positions, chunk_size=chunk_size)
+        halo = stage.halo
+    processor = ModelProcessor(
+        os.path.abspath(model_path), meta, outputs=outputs, batch_size=batch_size,
+        device=device, quantize_proba=quantize_proba, index_descriptions=descriptions,
+        denoiser=stage, halo=halo,
+    )
+    return processor, positions
+

@@ -1,0 +1,703 @@
+"""Labels -> training pixels: band values under labelled pixels, read window by window.
+
+Labels are either a class raster (0 or its nodata = unlabelled) or vector features (polygons or
+points) with a class field. Both are brought onto the image grid tile by tile; only the image
+windows that hold labels are read, so memory follows the labelled pixels, never the scene.
+
+Pixel policy (documented, applied in this order, counted in ``TrainingPixels.excluded``):
+
+- ``nodata``: any selected band equals the image nodata (or the ``nodata`` override), or the
+  dataset mask marks the pixel invalid;
+- ``nonfinite``: any band is NaN or infinite;
+- ``negative``: any band is negative. With ``negative="clip"`` (default) such values are set to 0
+  and counted in ``TrainingPixels.clipped`` instead: surface reflectance of water in the SWIR is
+  often slightly negative, and dropping those pixels would bias the water class. ND layers need
+  non-negative input, so prediction must apply the same clipping;
+- ``zero``: every band is 0 (an ND index is undefined there; usually undeclared nodata).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import tomllib
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.features
+import rasterio.warp
+import rasterio.windows
+import shapely
+from rasterio.crs import CRS
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from ndgeo.bands import Band, resolve_bands, select_bands
+from ndgeo.errors import NdgeoError
+
+RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2"}
+EXCLUSION_REASONS = ("nodata", "nonfinite", "negative", "zero")
+#: Side of the square tiles (pixels) in which labels are rasterised and their footprint found.
+TILE = 512
+
+
+@dataclass
+class TrainingPixels:
+    """Labelled pixels of one or more scenes, ready for training.
+
+    ``X`` holds raw band values (float32, (N, C), in ``bands`` order), ``y`` class ids indexing
+    ``classes``; ``rows``/``cols``/``scene`` locate each pixel for spatially blocked splits.
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    scene: np.ndarray
+    classes: list[str]
+    bands: list[Band]
+    scene_ids: list[str]
+    excluded: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EXCLUSION_REASONS, 0))
+    clipped: int = 0
+    pixels_read: int = 0
+    subsampled_from: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def scene_id(self) -> str:
+        """The scene id (several scenes are joined with '+')."""
+        return "+".join(self.scene_ids)
+
+    @property
+    def class_counts(self) -> dict[str, int]:
+        """Pixels per class name."""
+        counts = np.bincount(self.y, minlength=len(self.classes))
+        return {name: int(c) for name, c in zip(self.classes, counts, strict=True)}
+
+    def small_classes(self, min_class_pixels: int = 10) -> list[str]:
+        """Classes with fewer than ``min_class_pixels`` pixels."""
+        return [k for k, n in self.class_counts.items() if n < min_class_pixels]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def summary(self) -> dict:
+        """JSON-able description (for logs, checkpoints and ``--dry-run``)."""
+        return {
+            "scenes": self.scene_ids,
+            "n_pixels": len(self),
+            "bands": [b.name for b in self.bands],
+            "class_counts": self.class_counts,
+            "excluded": dict(self.excluded),
+            "clipped_negative": self.clipped,
+            "pixels_read": self.pixels_read,
+            "subsampled_from": self.subsampled_from,
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass
+class _Scene:
+    """Raw pixels of one scene before classes are mapped: ``keys[code]`` is the class key."""
+
+    X: np.ndarray
+    codes: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    rand: np.ndarray
+    keys: dict[int, str | int]
+    bands: list[Band]
+    excluded: dict[str, int]
+    clipped: int
+    pixels_read: int
+    labelled: int
+    warnings: list[str]
+    value_names: dict[int, str] = field(default_factory=dict)
+
+
+def load_training_pixels(
+    image_path: str | Path,
+    labels_path: str | Path,
+    *,
+    label_field: str = "class",
+    bands: Sequence[str] | None = None,
+    band_names: Sequence[str] | None = None,
+    sensor: str | None = None,
+    nodata: float | None = None,
+    negative: str = "clip",
+    classes: Sequence[str] | None = None,
+    class_names: Mapping[int, str] | None = None,
+    max_pixels: int | None = None,
+    min_class_pixels: int = 10,
+    seed: int = 0,
+) -> TrainingPixels:
+    """Band values of the labelled pixels of one image.
+
+    ``bands`` selects bands (names, ASI letters or 1-based indexes; default all), ``band_names``
+    renames the raster's bands (one per band, overriding descriptions), ``sensor`` resolves
+    sensor band ids. ``classes`` fixes the class list (e.g. a trained model's, for evaluation;
+    a label outside it is an error and one class is then enough); otherwise classes are the
+    sorted label values and at least two are required. ``class_names`` names integer label
+    values (raster labels or integer fields); a label raster's ``CLASSES`` tag (JSON
+    ``{"1": "crop"}``, as written by ``ndgeo sample``) names them too. ``max_pixels`` keeps a
+    uniform random sample of that size, drawn while reading so memory stays bounded.
+    """
+    return load_many(
+        [(image_path, labels_path)],
+        label_field=label_field,
+        bands=bands,
+        band_names=band_names,
+        sensor=sensor,
+        nodata=nodata,
+        negative=negative,
+        classes=classes,
+        class_names=class_names,
+        max_pixels=max_pixels,
+        min_class_pixels=min_class_pixels,
+        seed=seed,
+    )
+
+
+def load_many(
+    pairs: Sequence[tuple[str | Path, str | Path]],
+    *,
+    label_field: str = "class",
+    bands: Sequence[str] | None = None,
+    band_names: Sequence[str] | None = None,
+    sensor: str | None = None,
+    nodata: float | None = None,
+    negative: str = "clip",
+    classes: Sequence[str] | None = None,
+    class_names: Mapping[int, str] | None = None,
+    max_pixels: int | None = None,
+    min_class_pixels: int = 10,
+    seed: int = 0,
+) -> TrainingPixels:
+    """Labelled pixels of several ``(image, labels)`` scenes with one class mapping.
+
+    Bands are matched by name (or ASI letter) across scenes, in the first scene's order.
+    Options are those of :func:`load_training_pixels`.
+    """
+    if not pairs:
+        raise NdgeoError("no (image, labels) pairs given")
+    if negative not in ("clip", "exclude"):
+        raise NdgeoError(f"negative must be 'clip' or 'exclude', got {negative!r}")
+    if max_pixels is not None and max_pixels < 1:
+        raise NdgeoError(f"max_pixels must be positive, got {max_pixels}")
+    rng = np.random.default_rng(seed)
+    scenes: list[_Scene] = []
+    ref_bands: list[Band] | None = None
+    for image_path, labels_path in pairs:
+        scene = _read_scene(
+            Path(image_path), Path(labels_path), label_field=label_field,
+            bands=bands if ref_bands is None else [b.letter or b.name for b in ref_bands],
+            band_names=band_names, sensor=sensor, nodata=nodata, negative=negative,
+            max_pixels=max_pixels, rng=rng,
+        )
+        ref_bands = ref_bands or scene.bands
+        scenes.append(scene)
+    return _merge(
+        scenes, [Path(p[0]) for p in pairs], classes=classes, class_names=class_names,
+        max_pixels=max_pixels, min_class_pixels=min_class_pixels,
+    )
+
+
+def pixels_from_arrays(
+    X, labels, band_names: Sequence[str], *, sensor: str | None = None, scene_id: str = "table",
+) -> TrainingPixels:
+    """TrainingPixels from a table of pixels (e.g. ``spyndex.datasets.open("spectral")``).
+
+    ``labels`` are class names or integers per row; rows get ``rows = index, cols = 0`` so only
+    a random split is meaningful. Pixels must be finite and non-negative.
+    """
+    X = np.asarray(X, dtype=np.float32)
+    labels = np.asarray(labels, dtype=object)
+    if X.ndim != 2 or len(labels) != len(X) or X.shape[1] != len(band_names):
+        raise NdgeoError(f"need X (N, {len(band_names)}) and N labels, got {X.shape}, "
+                         f"{labels.shape}")
+    if not np.all(np.isfinite(X)) or np.any(X < 0):
+        raise NdgeoError("pixel table holds negative or non-finite values")
+    keys = _class_keys(labels)
+    classes = [str(k) for k in keys]
+    index = {k: i for i, k in enumerate(keys)}
+    n = len(X)
+    return TrainingPixels(
+        X=X, y=np.array([index[_key(v)] for v in labels], dtype=np.int64),
+        rows=np.arange(n, dtype=np.int64), cols=np.zeros(n, np.int64),
+        scene=np.zeros(n, np.int64), classes=classes,
+        bands=resolve_bands(list(band_names), sensor=sensor), scene_ids=[scene_id],
+    )
+
+
+def read_manifest(path: str | Path) -> list[tuple[Path, Path]]:
+    """``(image, labels)`` pairs from a manifest; relative paths are relative to the manifest.
+
+    CSV (``.csv``/``.txt``): one ``image,labels`` line per scene; a header line naming
+    ``image,labels``, blank lines and ``#`` comments are skipped. TOML (``.toml``): ``[[scene]]``
+    tables with ``image`` and ``labels`` keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NdgeoError(f"manifest not found: {path}")
+    base = path.parent
+    rows: list[tuple[str, str]] = []
+    if path.suffix.lower() == ".toml":
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise NdgeoError(f"manifest {path} is not valid TOML: {exc}") from exc
+        for i, entry in enumerate(data.get("scene", [])):
+            if not isinstance(entry, dict) or "image" not in entry or "labels" not in entry:
+                raise NdgeoError(f"manifest {path}: [[scene]] #{i + 1} needs image and labels")
+            rows.append((str(entry["image"]), str(entry["labels"])))
+    else:
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        lines = [ln for ln in lines if not ln.lstrip().startswith("#")]
+        for n, row in enumerate(csv.reader(lines), start=1):
+            cells = [c.strip() for c in row]
+            if [c.lower() for c in cells] == ["image", "labels"]:
+                continue
+            if len(cells) != 2 or not all(cells):
+                raise NdgeoError(f"manifest {path}, entry {n}: expected 'image,labels', got {row}")
+            rows.append((cells[0], cells[1]))
+    if not rows:
+        raise NdgeoError(f"manifest {path} lists no scenes")
+    return [(base / img, base / lab) for img, lab in rows]
+
+
+# -- one scene -------------------------------------------------------------------------------
+
+
+def _read_scene(
+    image_path: Path, labels_path: Path, *, label_field: str, bands, band_names, sensor,
+    nodata, negative: str, max_pixels: int | None, rng: np.random.Generator,
+) -> _Scene:
+    if not image_path.exists():
+        raise NdgeoError(f"image not found: {image_path}")
+    if not labels_path.exists():
+        raise NdgeoError(f"labels not found: {labels_path}")
+    try:
+        src = rasterio.open(image_path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise NdgeoError(f"cannot read image {image_path}: {exc}") from exc
+    with src:
+        all_bands = resolve_bands(src.descriptions, bands=band_names, sensor=sensor)
+        positions = select_bands(bands, all_bands) if bands else list(range(src.count))
+        chosen = [all_bands[i] for i in positions]
+        acc = _Accumulator(max_pixels, rng)
+        reader = _PixelReader(src, [p + 1 for p in positions], nodata, negative)
+        if labels_path.suffix.lower() in RASTER_SUFFIXES:
+            tiles, value_names, notes = _raster_label_tiles(src, labels_path)
+            keys = None
+        else:
+            tiles, keys, notes = _vector_label_tiles(src, labels_path, label_field)
+            value_names = {}
+        for window, lab in tiles:
+            rows, cols = np.nonzero(lab)
+            if rows.size == 0:
+                continue
+            r0, c0 = rows.min(), cols.min()
+            sub = Window(window.col_off + c0, window.row_off + r0,
+                         cols.max() - c0 + 1, rows.max() - r0 + 1)
+            values, invalid = reader.read(sub)
+            X, ok = reader.clean(values[:, rows - r0, cols - c0].T, invalid[rows - r0, cols - c0])
+            acc.add(X[ok], lab[rows, cols][ok], rows[ok] + window.row_off,
+                    cols[ok] + window.col_off)
+    return _Scene(
+        *acc.result(), keys=keys, bands=chosen, excluded=reader.excluded,
+        clipped=reader.clipped, pixels_read=reader.pixels_read, labelled=reader.labelled,
+        warnings=notes, value_names=value_names,
+    )
+
+
+class _PixelReader:
+    """Reads image windows and applies the pixel policy, counting what it drops."""
+
+    def __init__(self, src, indexes: list[int], nodata: float | None, negative: str):
+        self.src = src
+        self.indexes = indexes
+        self.nodata = src.nodata if nodata is None else nodata
+        flags = [src.mask_flag_enums[i - 1] for i in indexes]
+        self.use_mask = any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags)
+        self.negative = negative
+        self.excluded = dict.fromkeys(EXCLUSION_REASONS, 0)
+        self.clipped = 0
+        self.pixels_read = 0
+        self.labelled = 0
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """(values (C, h, w) float32, invalid (h, w)) of one image window."""
+        self.pixels_read += int(window.width * window.height)
+        data = self.src.read(self.indexes, window=window, out_dtype="float32")
+        invalid = np.zeros(data.shape[1:], dtype=bool)
+        if self.nodata is not None and not np.isnan(self.nodata):
+            invalid |= np.any(data == np.float32(self.nodata), axis=0)
+        if self.use_mask:
+            invalid |= self.src.read_masks(self.indexes[0], window=window) == 0
+        return data, invalid
+
+    def clean(self, X: np.ndarray, invalid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(pixels, keep) for labelled pixels X (n, C) and their nodata flags."""
+        self.labelled += len(X)
+        self.excluded["nodata"] += int(invalid.sum())
+        ok = ~invalid
+        nonfinite = ok & ~np.all(np.isfinite(X), axis=1)
+        self.excluded["nonfinite"] += int(nonfinite.sum())
+        ok &= ~nonfinite
+        neg = ok & np.any(X < 0, axis=1)
+        if self.negative == "clip":
+            self.clipped += int(neg.sum())
+            X = np.where(ok[:, None], np.maximum(X, 0), X)
+        else:
+            self.excluded["negative"] += int(neg.sum())
+            ok &= ~neg
+        zero = ok & np.all(X == 0, axis=1)
+        self.excluded["zero"] += int(zero.sum())
+        return X, ok & ~zero
+
+
+class _Accumulator:
+    """Collects pixels; with a cap keeps the ``cap`` smallest random keys (uniform sample)."""
+
+    def __init__(self, cap: int | None, rng: np.random.Generator):
+        self.cap = cap
+        self.rng = rng
+        self.parts: list[tuple[np.ndarray, ...]] = []
+        self.size = 0
+
+    def add(self, X, codes, rows, cols) -> None:
+        rand = self.rng.random(len(codes))
+        self.parts.append((X.astype("float32"), codes.astype("int64"), rows.astype("int64"),
+                           cols.astype("int64"), rand))
+        self.size += len(codes)
+        if self.cap is not None and self.size > 2 * self.cap:
+            self.parts = [_keep_smallest(self._joined(), self.cap)]
+            self.size = len(self.parts[0][1])
+
+    def _joined(self) -> tuple[np.ndarray, ...]:
+        if not self.parts:
+            return (np.zeros((0, 0), "float32"), *(np.zeros(0, "int64") for _ in range(3)),
+                    np.zeros(0))
+        return tuple(np.concatenate(p) for p in zip(*self.parts, strict=True))
+
+    def result(self) -> tuple[np.ndarray, ...]:
+        joined = self._joined()
+        return _keep_smallest(joined, self.cap) if self.cap is not None else joined
+
+
+def _keep_smallest(parts: tuple[np.ndarray, ...], cap: int) -> tuple[np.ndarray, ...]:
+    rand = parts[-1]
+    if len(rand) <= cap:
+        return parts
+    keep = np.sort(np.argpartition(rand, cap - 1)[:cap])
+    return tuple(p[keep] for p in parts)
+
+
+def _tiles(height: int, width: int) -> Iterator[Window]:
+    for row in range(0, height, TILE):
+        for col in range(0, width, TILE):
+            yield Window(col, row, min(TILE, width - col), min(TILE, height - row))
+
+
+# -- raster labels ---------------------------------------------------------------------------
+
+
+def _raster_label_tiles(src, labels_path: Path):
+    """(window, codes) per image tile from a class raster, warped onto the image grid if needed,
+    and the class names of its values from a ``CLASSES`` tag (JSON ``{"1": "crop", ...}``)."""
+    try:
+        lab = rasterio.open(labels_path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise NdgeoError(f"cannot read label raster {labels_path}: {exc}") from exc
+    notes: list[str] = []
+    same_grid = (lab.transform == src.transform and lab.shape == src.shape)
+    if src.crs is None or lab.crs is None:
+        if not (same_grid or (src.crs is None and lab.crs is None and lab.shape == src.shape)):
+            lab.close()
+            raise NdgeoError(
+                f"{labels_path} and the image are not both georeferenced and do not share a "
+                f"grid (labels {lab.shape}, crs {lab.crs}; image {src.shape}, crs {src.crs})"
+            )
+        vrt = None
+    else:
+        label_crs = _compatible_crs(lab.crs, src.crs, labels_path, notes)
+        if same_grid and label_crs == src.crs:
+            vrt = None
+        else:
+            _check_overlap(rasterio.warp.transform_bounds(label_crs, src.crs, *lab.bounds),
+                           src, labels_path)
+            fill = lab.nodata if lab.nodata is not None else 0
+            vrt = WarpedVRT(lab, src_crs=label_crs, crs=src.crs, transform=src.transform,
+                            width=src.width, height=src.height, resampling=Resampling.nearest,
+                            nodata=fill)
+            notes.append(f"label raster {labels_path.name} warped onto the image grid (nearest)")
+    reader = vrt or lab
+    if not np.issubdtype(np.dtype(lab.dtypes[0]), np.integer):
+        notes.append(f"label raster {labels_path.name} is {lab.dtypes[0]}; values are truncated")
+    value_names = _tag_class_names(lab.tags().get("CLASSES"), labels_path, notes)
+    unlabeled = {0} | ({int(lab.nodata)} if lab.nodata is not None else set())
+
+    def tiles():
+        try:
+            for window in _tiles(src.height, src.width):
+                codes = reader.read(1, window=window).astype("int64")
+                codes[np.isin(codes, list(unlabeled)) | (codes < 0)] = 0
+                yield window, codes
+        finally:
+            if vrt is not None:
+                vrt.close()
+            lab.close()
+
+    return tiles(), value_names, notes
+
+
+def _tag_class_names(tag: str | None, labels_path: Path, notes: list[str]) -> dict[int, str]:
+    if not tag:
+        return {}
+    try:
+        return {int(k): str(v) for k, v in json.loads(tag).items()}
+    except (ValueError, AttributeError):
+        notes.append(f"ignored unreadable CLASSES tag of {labels_path.name}: {tag[:60]!r}")
+        return {}
+
+
+# -- vector labels ---------------------------------------------------------------------------
+
+
+def _vector_label_tiles(src, labels_path: Path, label_field: str):
+    """(window, codes) per image tile from vector features rasterised onto the image grid."""
+    import pyogrio
+    import pyogrio.errors
+
+    try:
+        info = pyogrio.read_info(labels_path)
+    except pyogrio.errors.DataSourceError as exc:
+        raise NdgeoError(f"cannot read labels {labels_path}: {exc}") from exc
+    fields = list(info["fields"])
+    if label_field not in fields:
+        raise NdgeoError(
+            f"label field {label_field!r} not found in {labels_path}; available fields: "
+            f"{', '.join(fields) or '(none)'}"
+        )
+    if src.crs is None:
+        raise NdgeoError(
+            f"image has no georeferencing (CRS), so vector labels {labels_path} cannot be placed "
+            "on it; georeference the image or give a label raster on its grid"
+        )
+    _, _, wkb, (values,) = pyogrio.raw.read(labels_path, columns=[label_field])[:4]
+    notes: list[str] = []
+    geoms = shapely.from_wkb(wkb)
+    valid = ~shapely.is_missing(geoms) & ~shapely.is_empty(geoms)
+    valid &= np.array([v is not None and v == v for v in values], dtype=bool)
+    if not valid.all():
+        notes.append(f"{int((~valid).sum())} feature(s) without geometry or class skipped")
+    geoms, values = geoms[valid], np.asarray(values, dtype=object)[valid]
+    label_crs = CRS.from_user_input(info["crs"]) if info["crs"] else None
+    if label_crs is None:
+        notes.append(f"{labels_path.name} has no CRS; assuming the image CRS")
+    else:
+        label_crs = _compatible_crs(label_crs, src.crs, labels_path, notes)
+        if label_crs != src.crs:
+            geoms = _reproject(geoms, label_crs, src.crs)
+    if len(geoms) == 0:
+        raise NdgeoError(
+            f"no features with a geometry and a {label_field!r} value in {labels_path}"
+        )
+    _check_overlap(shapely.total_bounds(geoms), src, labels_path)
+    keys = _class_keys(values)
+    index = {k: i + 1 for i, k in enumerate(keys)}
+    codes = np.array([index[_key(v)] for v in values], dtype="int64")
+    # Tiles touched by each feature's bounding box, from its pixel-space bounds.
+    inv = ~src.transform
+    bounds = shapely.bounds(geoms)
+    corners = [inv * (bounds[:, i], bounds[:, j]) for i, j in ((0, 1), (0, 3), (2, 1), (2, 3))]
+    cmin = np.floor(np.min([c[0] for c in corners], axis=0))
+    cmax = np.ceil(np.max([c[0] for c in corners], axis=0))
+    rmin = np.floor(np.min([c[1] for c in corners], axis=0))
+    rmax = np.ceil(np.max([c[1] for c in corners], axis=0))
+    tile_of: dict[tuple[int, int], list[int]] = {}
+    for i in range(len(geoms)):
+        r0, r1 = max(rmin[i], 0) // TILE, min(rmax[i], src.height - 1) // TILE
+        c0, c1 = max(cmin[i], 0) // TILE, min(cmax[i], src.width - 1) // TILE
+        for tr in range(int(r0), int(r1) + 1):
+            for tc in range(int(c0), int(c1) + 1):
+                tile_of.setdefault((tr, tc), []).append(i)
+
+    def tiles():
+        for (tr, tc), members in sorted(tile_of.items()):
+            window = Window(tc * TILE, tr * TILE, min(TILE, src.width - tc * TILE),
+                            min(TILE, src.height - tr * TILE))
+            if window.width <= 0 or window.height <= 0:
+                continue
+            burned = rasterio.features.rasterize(
+                zip(geoms[members], codes[members], strict=True),
+                out_shape=(int(window.height), int(window.width)),
+                transform=rasterio.windows.transform(window, src.transform),
+                fill=0, all_touched=False, dtype="int32",
+            )
+            yield window, burned.astype("int64")
+
+    return tiles(), {i + 1: k for i, k in enumerate(keys)}, notes
+
+
+def _key(value) -> str | int:
+    """Class key of a field value: integers stay integers (also 3.0), the rest become strings."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    return str(value).strip()
+
+
+def _class_keys(values) -> list[str | int]:
+    keys = {_key(v) for v in values}
+    return sorted(keys, key=lambda k: (isinstance(k, str), k))
+
+
+def _reproject(geoms: np.ndarray, src_crs: CRS, dst_crs: CRS) -> np.ndarray:
+    def fn(coords: np.ndarray) -> np.ndarray:
+        xs, ys = rasterio.warp.transform(src_crs, dst_crs, coords[:, 0], coords[:, 1])
+        return np.column_stack([xs, ys])
+
+    return shapely.transform(geoms, fn)
+
+
+# -- CRS handling ----------------------------------------------------------------------------
+
+_ELLIPSOID_OF_DATUM = {"WGS84": "WGS84", "NAD83": "GRS80", "NAD27": "clrk66"}
+_SAME_ELLIPSOIDS = {"WGS84": "GRS80"}  # differ by 0.1 mm in the semi-minor axis
+_IGNORED_PROJ_KEYS = {"no_defs", "type", "wktext", "datum", "ellps", "towgs84"}
+
+
+def _projection_signature(crs: CRS) -> tuple | None:
+    """Projection parameters and ellipsoid of a CRS, ignoring datum realisations."""
+    try:
+        params = crs.to_dict()
+    except Exception:  # noqa: BLE001 - CRSs without a PROJ.4 form are compared strictly
+        return None
+    ellps = params.get("ellps") or _ELLIPSOID_OF_DATUM.get(str(params.get("datum")))
+    if ellps is None:
+        return None
+    towgs84 = str(params.get("towgs84", "0,0,0,0,0,0,0"))
+    if any(float(v) != 0 for v in towgs84.split(",")):
+        return None
+    rest = tuple(sorted(
+        (k, round(v, 9) if isinstance(v, float) else v)
+        for k, v in params.items() if k not in _IGNORED_PROJ_KEYS
+    ))
+    return (_SAME_ELLIPSOIDS.get(ellps, ellps), rest)
+
+
+def _compatible_crs(label_crs: CRS, image_crs: CRS, labels_path: Path, notes: list[str]) -> CRS:
+    """The CRS to treat the labels as being in: the image's if equivalent in practice."""
+    if label_crs == image_crs:
+        return image_crs
+    sig = _projection_signature(label_crs)
+    if sig is not None and sig == _projection_signature(image_crs):
+        msg = (f"labels {labels_path.name} CRS {label_crs.to_string()} differs from the image CRS "
+               f"{image_crs.to_string()} only by datum realisation; treated as the same")
+        warnings.warn(msg, stacklevel=4)
+        notes.append(msg)
+        return image_crs
+    return label_crs
+
+
+def _check_overlap(bounds, src, labels_path: Path) -> None:
+    left, bottom, right, top = bounds
+    img = src.bounds
+    if right <= img.left or left >= img.right or top <= img.bottom or bottom >= img.top:
+        raise NdgeoError(
+            f"labels {labels_path} (bounds {tuple(round(b, 3) for b in bounds)}) do not overlap "
+            f"the image (bounds {tuple(round(b, 3) for b in img)})"
+        )
+
+
+# -- merging scenes --------------------------------------------------------------------------
+
+
+def _merge(scenes: list[_Scene], images: list[Path], *, classes, class_names, max_pixels,
+           min_class_pixels) -> TrainingPixels:
+    names: list[list[str]] = []
+    for s in scenes:
+        keys = s.keys
+        if keys is None:  # raster labels: the codes are the class values
+            keys = {int(v): int(v) for v in np.unique(s.codes)}
+        names.append({int(c): _name(k, {**s.value_names, **(class_names or {})})
+                      for c, k in keys.items()})
+    all_names = sorted({n for m in names for n in m.values()}, key=_name_order)
+    if classes is not None:
+        class_list = [str(c) for c in classes]
+        unknown = sorted(set(all_names) - set(class_list), key=_name_order)
+        if unknown:
+            raise NdgeoError(f"label classes {unknown} are not among the classes {class_list}")
+    else:
+        class_list = all_names
+    lookup = {n: i for i, n in enumerate(class_list)}
+    ys = []
+    for s, m in zip(scenes, names, strict=True):
+        table = np.full(max(m, default=0) + 1, -1, dtype="int64")
+        for code, n in m.items():
+            table[code] = lookup[n]
+        ys.append(table[s.codes])
+    stack = [np.concatenate(a) for a in zip(
+        *((s.X.reshape(len(s.codes), -1), y, s.rows, s.cols,
+           np.full(len(y), i, "int64"), s.rand) for i, (s, y) in enumerate(zip(scenes, ys,
+                                                                             strict=True))),
+        strict=True)]
+    total = len(stack[1])
+    if max_pixels is not None and total > max_pixels:
+        stack = list(_keep_smallest(tuple(stack), max_pixels))
+    X, y, rows, cols, scene, _ = stack
+    excluded = {r: sum(s.excluded[r] for s in scenes) for r in EXCLUSION_REASONS}
+    ids = _scene_ids(images)
+    if sum(s.labelled for s in scenes) == 0:
+        raise NdgeoError(f"the labels cover no pixel of {', '.join(ids)}")
+    if len(y) == 0:
+        raise NdgeoError(
+            f"no labelled pixels left in {', '.join(ids)} after masking (excluded: {excluded})"
+        )
+    present = sorted({class_list[i] for i in np.unique(y)}, key=_name_order)
+    if classes is None and len(present) < 2:
+        raise NdgeoError(f"labels hold only one class {present}; training needs at least two")
+    pixels = TrainingPixels(
+        X=X.astype("float32"), y=y, rows=rows, cols=cols, scene=scene, classes=class_list,
+        bands=scenes[0].bands, scene_ids=ids, excluded=excluded,
+        clipped=sum(s.clipped for s in scenes), pixels_read=sum(s.pixels_read for s in scenes),
+        subsampled_from=total if total > len(y) else None,
+        warnings=[w for s in scenes for w in s.warnings],
+    )
+    small = pixels.small_classes(min_class_pixels)
+    if small:
+        pixels.warnings.append(
+            f"classes with fewer than {min_class_pixels} pixels: "
+            + ", ".join(f"{k} ({pixels.class_counts[k]})" for k in small)
+        )
+    return pixels
+
+
+def _name(key: str | int, class_names: Mapping[int, str] | None) -> str:
+    if class_names and isinstance(key, int) and key in class_names:
+        return str(class_names[key])
+    return str(key)
+
+
+def _name_order(name: str) -> tuple:
+    """Numeric class names sort numerically, before other names."""
+    return (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name)
+
+
+def _scene_ids(images: list[Path]) -> list[str]:
+    ids: list[str] = []
+    for p in images:
+        sid, n = p.stem, 2
+        while sid in ids:
+            sid, n = f"{p.stem}_{n}", n + 1
+        ids.append(sid)
+    return ids

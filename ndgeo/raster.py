@@ -1,0 +1,161 @@
+"""Opening input rasters: validated facts about a GeoTIFF, band names and the one validity rule.
+
+:func:`open_raster` is the single entry point for input images. It opens the file, reads its
+first and last blocks (so a truncated or corrupt GeoTIFF fails here, with the file name, rather
+than halfway through a long run), checks the dtype and the nodata value, and names the bands
+through :func:`ndgeo.bands.resolve_bands`. :func:`valid_mask` is the one definition of a valid
+pixel used by every command.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from ndgeo.bands import Band, resolve_bands
+from ndgeo.errors import NdgeoError
+
+#: Pixel types ndgeo reads; every block is converted to float32 for processing.
+SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What ndgeo needs to know about an input raster; small and picklable (no open handle)."""
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: CRS | None
+    transform: Affine
+    nodata: float | None
+    bands: tuple[Band, ...]
+    block_shape: tuple[int, int]
+    bounds: tuple[float, float, float, float]
+    res: tuple[float, float]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width)."""
+        return (self.height, self.width)
+
+    @property
+    def band_names(self) -> list[str]:
+        """The resolved band names, in file order."""
+        return [b.name for b in self.bands]
+
+
+def open_raster(
+    path: str | os.PathLike,
+    *,
+    bands: Sequence[str] | None = None,
+    sensor: str | None = None,
+    nodata: float | None = None,
+) -> RasterInfo:
+    """Open and validate an input raster.
+
+    ``bands`` renames the bands (one name per band), ``sensor`` resolves sensor band ids, and
+    ``nodata`` overrides the file's nodata value (it must fit the pixel type).
+    """
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.exists(path):
+        raise NdgeoError(f"input raster not found: {path}")
+    if os.path.isdir(path):
+        raise NdgeoError(f"input raster is a directory: {path}")
+    try:
+        with rasterio.open(path) as src:
+            dtypes = set(src.dtypes)
+            if len(dtypes) != 1:
+                raise NdgeoError(f"{path}: bands have different pixel types {sorted(dtypes)}")
+            dtype = src.dtypes[0]
+            if dtype not in SUPPORTED_DTYPES:
+                raise NdgeoError(
+                    f"{path}: unsupported pixel type {dtype!r}; "
+                    f"supported: {', '.join(SUPPORTED_DTYPES)}"
+                )
+            _check_readable(src)
+            descriptions = list(src.descriptions)
+            block_h, block_w = src.block_shapes[0]
+            file_nodata = src.nodata
+            info = dict(
+                width=src.width,
+                height=src.height,
+                count=src.count,
+                crs=src.crs,
+                transform=src.transform,
+                bounds=tuple(src.bounds),
+                res=tuple(src.res),
+            )
+    except NdgeoError:
+        raise
+    except RasterioError as exc:
+        raise NdgeoError(f"cannot read {path} as a raster (corrupt or truncated?): {exc}") from exc
+    if nodata is not None:
+        check_nodata(nodata, dtype, what="--nodata")
+    effective = nodata if nodata is not None else file_nodata
+    names = resolve_bands(descriptions, bands=bands, sensor=sensor)
+    return RasterInfo(
+        path=path,
+        dtype=dtype,
+        nodata=None if effective is None else float(effective),
+        bands=tuple(names),
+        block_shape=(int(block_h), int(block_w)),
+        **info,
+    )
+
+
+def _check_readable(src: rasterio.DatasetReader) -> None:
+    """Decode the first and last block of every band: catches truncated and corrupt files."""
+    block_h, block_w = src.block_shapes[0]
+    last_row = ((src.height - 1) // block_h) * block_h
+    last_col = ((src.width - 1) // block_w) * block_w
+    for row, col in {(0, 0), (last_row, last_col)}:
+        window = Window(
+            col, row, min(block_w, src.width - col), min(block_h, src.height - row)
+        )
+        src.read(window=window)
+
+
+def check_nodata(value: float, dtype: str, *, what: str = "nodata") -> None:
+    """Raise NdgeoError when ``value`` cannot be stored exactly in ``dtype``."""
+    value = float(value)
+    kind = np.dtype(dtype).kind
+    if kind in "iu":
+        limits = np.iinfo(dtype)
+        if not value.is_integer() or not limits.min <= value <= limits.max:
+            raise NdgeoError(
+                f"{what} {value:g} does not fit pixel type {dtype} "
+                f"(integers {limits.min}..{limits.max})"
+            )
+    elif math.isfinite(value) and abs(value) > np.finfo(dtype).max:
+        raise NdgeoError(f"{what} {value:g} does not fit pixel type {dtype}")
+
+
+def valid_mask(block: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Valid pixels of a (bands, h, w) block: finite in every band and nodata in none."""
+    valid = np.isfinite(block).all(axis=0) if block.dtype.kind == "f" else None
+    if nodata is not None and not math.isnan(nodata):
+        not_nodata = (block != nodata).all(axis=0)
+        valid = not_nodata if valid is None else valid & not_nodata
+    if valid is None:
+        valid = np.ones(block.shape[1:], dtype=bool)
+    return valid
+
+
+def to_float_block(raw: np.ndarray, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """float32 copy of a raw (bands, h, w) block with NaN at invalid pixels, and the mask."""
+    valid = valid_mask(raw, nodata)
+    block = raw.astype(np.float32, copy=True)
+    block[:, ~valid] = np.nan
+    return block, valid

@@ -1,0 +1,365 @@
+"""Training ND classifiers (and the MLP baseline) on labelled pixels.
+
+Defaults are chosen to train well without tuning (notes sections 5-6): spatially blocked
+validation split; per-band positive scaling by the training medians (folded back into exported
+coefficients); first-layer indices started as the classical NDs of the most discriminative band
+pairs (:func:`ndgeo.nn.select_pairs`); batch-normalised ND outputs before the linear head; Adam
+with lr 1e-2 and no weight decay on ND raw parameters, 1e-3 on the head; class-balanced loss;
+gradient-norm clipping; learning rate halved on validation-loss plateaus; early stopping keeping
+the best validation checkpoint. The same seed gives identical weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from ndgeo.errors import NdgeoError
+from ndgeo.labels import TrainingPixels
+from ndgeo.metrics import classification_report, predict_logits
+from ndgeo.nn import MLP, NDClassifier
+
+#: Class colours (matplotlib tab10) used when labels carry none.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf")
+
+
+def split_pixels(
+    pixels: TrainingPixels,
+    mode: str = "block",
+    val_fraction: float = 0.2,
+    block_size: int = 32,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, val_idx) into ``pixels``, sorted int64.
+
+    ``"block"`` groups pixels in ``block_size`` x ``block_size`` squares per scene and puts whole
+    squares in validation (neighbouring pixels are near duplicates; a random split would
+    overstate accuracy), drawing squares in random order until every class has about
+    ``val_fraction`` of its pixels in validation, never taking a class's last training pixels.
+    ``"random"`` is a stratified per-pixel split. Classes confined to one square stay in
+    training only.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise NdgeoError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    n_classes = len(pixels.classes)
+    y = pixels.y
+    if mode == "random":
+        val = np.zeros(len(y), dtype=bool)
+        for k in range(n_classes):
+            members = np.flatnonzero(y == k)
+            if members.size < 2:
+                continue
+            n_val = min(max(round(val_fraction * members.size), 1), members.size - 1)
+            val[rng.permutation(members)[:n_val]] = True
+    elif mode == "block":
+        if block_size < 1:
+            raise NdgeoError(f"block_size must be >= 1, got {block_size}")
+        keys = np.stack([pixels.scene, pixels.rows // block_size, pixels.cols // block_size], 1)
+        _, block = np.unique(keys, axis=0, return_inverse=True)
+        block = block.ravel()
+        counts = np.zeros((block.max() + 1, n_classes), dtype=np.int64)
+        np.add.at(counts, (block, y), 1)
+        target = val_fraction * counts.sum(axis=0)
+        in_val = np.zeros(len(counts), dtype=bool)
+        val_counts = np.zeros(n_classes)
+        train_counts = counts.sum(axis=0).astype(float)
+        for b in rng.permutation(len(counts)):
+            c = counts[b]
+            if not np.any((c > 0) & (val_counts < target)):
+                continue
+            if np.any((c > 0) & (train_counts - c <= 0)):
+                continue
+            in_val[b] = True
+            val_counts += c
+            train_counts -= c
+            if np.all(val_counts >= target):
+                break
+        val = in_val[block]
+    else:
+        raise NdgeoError(f"split mode must be 'block' or 'random', got {mode!r}")
+    train_idx, val_idx = np.flatnonzero(~val), np.flatnonzero(val)
+    if val_idx.size == 0:
+        raise NdgeoError(
+            f"cannot make a {mode} validation split of {len(y)} pixels"
+            + (f" in blocks of {block_size} px; use a smaller block size or mode 'random'"
+               if mode == "block" else "")
+        )
+    return train_idx.astype(np.int64), val_idx.astype(np.int64)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (JSON-able through :meth:`to_dict`)."""
+
+    model: str = "nd"  # "nd" or "mlp"
+    n_indices: int = 8
+    depth: int = 1
+    pairwise: bool = False
+    head_norm: str = "batchnorm"  # on ND outputs: "batchnorm", "affine" or "none"
+    mlp_hidden: tuple[int, ...] = (64, 32)
+    epochs: int = 200
+    batch_size: int = 512
+    min_steps_per_epoch: int = 20  # tiny sets: an epoch is at least this many batches
+    lr: float = 1e-2  # ND raw parameters (no weight decay)
+    head_lr: float = 1e-3  # head, normalisation
+    mlp_lr: float = 3e-3
+    weight_decay: float = 1e-4  # head and MLP only
+    patience: int = 25  # epochs without validation-loss improvement before stopping
+    grad_clip: float = 1.0
+    class_weight: str = "balanced"  # or "none"
+    band_scale: str = "median"  # or "none": per-band 1/median of the training pixels
+    init: str = "pairs"  # or "jitter"
+    split: str = "block"  # or "random"
+    val_fraction: float = 0.2
+    block_size: int = 32
+    eps: float = 1e-6
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        choices = {"model": ("nd", "mlp"), "class_weight": ("balanced", "none"),
+                   "band_scale": ("median", "none"), "init": ("pairs", "jitter"),
+                   "split": ("block", "random"), "device": ("auto", "cpu", "cuda"),
+                   "head_norm": ("batchnorm", "affine", "none")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise NdgeoError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("n_indices", "depth", "epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise NdgeoError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.mlp_hidden = tuple(int(h) for h in self.mlp_hidden)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mlp_hidden"] = list(self.mlp_hidden)
+        return d
+
+
+@dataclass
+class TrainResult:
+    """A trained model (best validation checkpoint) and how it got there."""
+
+    model: nn.Module
+    config: TrainConfig
+    history: list[dict]
+    metrics: dict
+    train_seconds: float
+    n_parameters: int
+    classes: list[str]
+    bands: list
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    best_epoch: int
+    init_pairs: list[tuple[int, int]] = field(default_factory=list)
+
+    def metadata(self) -> dict:
+        """Checkpoint metadata (``ndgeo.checkpoint.save_model``): JSON-able."""
+        return {
+            "config": self.model.config(),
+            "eps": self.config.eps,
+            "bands": [{"name": b.name, "letter": b.letter} for b in self.bands],
+            "classes": [{"id": i, "name": n, "color": PALETTE[i % len(PALETTE)]}
+                        for i, n in enumerate(self.classes)],
+            "training": {**self.config.to_dict(), "best_epoch": self.best_epoch,
+                         "epochs_run": len(self.history), "train_seconds": self.train_seconds,
+                         "n_train": int(self.train_idx.size), "n_val": int(self.val_idx.size),
+                         "n_parameters": self.n_parameters,
+                         "init_pairs": [list(p) for p in self.init_pairs]},
+            "metrics": self.metrics,
+        }
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise NdgeoError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
+    if device not in ("cpu", "cuda"):
+        raise NdgeoError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    return torch.device(device)
+
+
+def train_model(
+    pixels: TrainingPixels,
+    config: TrainConfig | None = None,
+    *,
+    split: tuple[np.ndarray, np.ndarray] | None = None,
+    progress: Callable[[int, int, dict], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train the model described by ``config`` on ``pixels`` and keep its best validation state.
+
+    ``split`` gives (train_idx, val_idx) (default: :func:`split_pixels` with the config's split
+    options); ``progress(epoch, total, metrics)`` is called after every epoch, ``log(message)``
+    for notable events (device, initial band pairs, early stop).
+    """
+    config = config or TrainConfig()
+    say = log or (lambda _msg: None)
+    device = resolve_device(config.device)
+    if split is None:
+        split = split_pixels(pixels, config.split, config.val_fraction, config.block_size,
+                             config.seed)
+    train_idx, val_idx = (np.asarray(s, dtype=np.int64) for s in split)
+    n_classes = len(pixels.classes)
+    missing = [pixels.classes[k] for k in sorted(set(range(n_classes)) - set(pixels.y[val_idx]))]
+    if missing:
+        say(f"classes absent from validation (too few blocks): {', '.join(missing)}")
+
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    X_tr = torch.from_numpy(np.ascontiguousarray(pixels.X[train_idx], dtype=np.float32))
+    y_tr = torch.from_numpy(pixels.y[train_idx].astype(np.int64))
+    X_va = torch.from_numpy(np.ascontiguousarray(pixels.X[val_idx], dtype=np.float32))
+    y_va = torch.from_numpy(pixels.y[val_idx].astype(np.int64))
+    model, init_pairs = _build(config, X_tr, y_tr, n_classes, say)
+    model.to(device)
+    say(f"training {config.model} model ({model.n_parameters()} parameters) on {device}: "
+        f"{len(train_idx)} training / {len(val_idx)} validation pixels")
+
+    counts = torch.bincount(y_tr, minlength=n_classes).double()
+    weights = None
+    if config.class_weight == "balanced":
+        present = counts > 0
+        weights = torch.where(present, counts.sum() / (present.sum() * counts.clamp_min(1)), 0.0)
+        weights = weights.float().to(device)
+    loss_fn = nn.CrossEntropyLoss(weight=weights)
+    optimizer = _optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=0.5, patience=max(2, config.patience // 4)
+    )
+
+    n_train = len(train_idx)
+    batch = min(config.batch_size, max(16, math.ceil(n_train / config.min_steps_per_epoch)))
+    steps = max(math.ceil(n_train / batch), config.min_steps_per_epoch)
+    history: list[dict] = []
+    best = (math.inf, 0, copy.deepcopy(model.state_dict()))
+    start = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = _index_stream(n_train, steps * batch, gen)
+        total = 0.0
+        for s in range(steps):
+            idx = order[s * batch : (s + 1) * batch]
+            if idx.numel() < 2:  # batch normalisation needs two samples
+                continue
+            xb, yb = X_tr[idx].to(device), y_tr[idx].to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            total += float(loss.detach())
+        val_loss, val_acc = _validate(model, X_va, y_va, loss_fn)
+        scheduler.step(val_loss)
+        row = {"epoch": epoch, "train_loss": total / steps, "val_loss": val_loss,
+               "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"]}
+        history.append(row)
+        if progress:
+            progress(epoch, config.epochs, row)
+        if val_loss < best[0] - 1e-6:
+            best = (val_loss, epoch, copy.deepcopy(model.state_dict()))
+        elif epoch - best[1] >= config.patience:
+            say(f"early stop at epoch {epoch}; best validation loss {best[0]:.4f} "
+                f"at epoch {best[1]}")
+            break
+    seconds = time.perf_counter() - start
+    model.load_state_dict(best[2])
+    model.eval()
+    metrics = classification_report(
+        y_va.numpy(), predict_logits(model, X_va.numpy()).argmax(1), pixels.classes
+    )
+    metrics["train_accuracy"] = float(
+        (predict_logits(model, X_tr.numpy()).argmax(1) == y_tr.numpy()).mean()
+    )
+    metrics["split"] = config.split
+    return TrainResult(
+        model=model.cpu(), config=config, history=history, metrics=metrics,
+        train_seconds=round(seconds, 3), n_parameters=int(model.n_parameters()),
+        classes=list(pixels.classes), bands=list(pixels.bands), train_idx=train_idx,
+        val_idx=val_idx, best_epoch=best[1], init_pairs=init_pairs,
+    )
+
+
+def compare_models(
+    pixels: TrainingPixels,
+    config: TrainConfig | None = None,
+    *,
+    progress: Callable[[int, int, dict], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[TrainResult]:
+    """Train the ND model and the MLP baseline on the same split: ``[nd_result, mlp_result]``."""
+    config = config or TrainConfig()
+    split = split_pixels(pixels, config.split, config.val_fraction, config.block_size,
+                         config.seed)
+    return [
+        train_model(pixels, replace(config, model=kind), split=split, progress=progress, log=log)
+        for kind in ("nd", "mlp")
+    ]
+
+
+def _build(config: TrainConfig, X: torch.Tensor, y: torch.Tensor, n_classes: int, say):
+    """The untrained model, with data-dependent scaling and initialisation applied."""
+    n_bands = X.shape[1]
+    if config.model == "mlp":
+        model = MLP(n_bands, n_classes, hidden=config.mlp_hidden)
+        model.fit_standardizer(X)
+        return model, []
+    if n_bands < 2:
+        raise NdgeoError(f"an ND model needs at least 2 bands, got {n_bands}")
+    model = NDClassifier(
+        n_bands, n_classes, n_indices=config.n_indices, depth=config.depth,
+        pairwise=config.pairwise, eps=config.eps, head_norm=config.head_norm,
+    )
+    if config.band_scale == "median":
+        model.fit_band_scale(X)
+    pairs: list[tuple[int, int]] = []
+    if config.init == "pairs" and not config.pairwise:
+        try:
+            pairs = model.init_pairs_from_data(X * model.band_scale, y)
+        except ValueError as exc:
+            say(f"band-pair initialisation skipped ({exc}); using random jitter")
+        else:
+            say("initial indices from band pairs: " + ", ".join(f"{i + 1}/{j + 1}"
+                                                                 for i, j in pairs))
+    return model, pairs
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if isinstance(model, NDClassifier):
+        groups = [
+            {"params": model.nd_parameters(), "lr": config.lr, "weight_decay": 0.0},
+            {"params": model.head_parameters(), "lr": config.head_lr,
+             "weight_decay": config.weight_decay},
+        ]
+        return torch.optim.AdamW(groups)
+    return torch.optim.AdamW(model.parameters(), lr=config.mlp_lr,
+                             weight_decay=config.weight_decay)
+
+
+def _index_stream(n: int, length: int, gen: torch.Generator) -> torch.Tensor:
+    """``length`` indices from back-to-back random permutations of ``range(n)``."""
+    reps = math.ceil(length / n)
+    return torch.cat([torch.randperm(n, generator=gen) for _ in range(reps)])[:length]
+
+
+@torch.no_grad()
+def _validate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss_fn) -> tuple[float, float]:
+    model.eval()
+    device = next(model.parameters()).device
+    total, correct = 0.0, 0
+    for i in range(0, len(y), 65536):
+        xb, yb = X[i : i + 65536].to(device), y[i : i + 65536].to(device)
+        logits = model(xb)
+        total += float(loss_fn(logits, yb)) * len(yb)
+        correct += int((logits.argmax(1) == yb).sum())
+    return total / max(len(y), 1), correct / max(len(y), 1)
