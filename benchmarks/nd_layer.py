@@ -1,6 +1,7 @@
 """Forward+backward throughput of ND layers/models (closed-form vs autograd) vs equal-size MLPs.
 
-Run: ``python benchmarks/nd_layer.py [--pixels 65536] [--repeats 15]``. Uses 2 CPU threads,
+Run: ``python benchmarks/nd_layer.py [--pixels 65536] [--repeats 15]``. Uses 2 CPU threads
+(``--threads``),
 one batch of random reflectances, all models in this one process. "saved" is the size of the
 tensors the forward keeps for the backward (measured with saved_tensors_hooks).
 """
@@ -73,8 +74,9 @@ def main() -> None:
     parser.add_argument("--bands", type=int, default=12)
     parser.add_argument("--classes", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     n, c = args.bands, args.classes
     x = torch.rand(args.pixels, n) * 0.6 + 0.01
@@ -102,7 +104,8 @@ def main() -> None:
         closed, auto, t_mlp = _interleaved_seconds(
             [(closed_run, inp), (auto_run, inp), (mlp, x)], args.repeats
         )
-        saved_closed, saved_auto = _saved_megabytes(closed_run, inp), _saved_megabytes(auto_run, inp)
+        saved_closed = _saved_megabytes(closed_run, inp)
+        saved_auto = _saved_megabytes(auto_run, inp)
         best = min(closed, auto)
         rate = args.pixels / 1e6
         print(f"{name:<22}{params:>7}{rate / closed:>13.2f}{rate / auto:>10.2f}"

@@ -56,22 +56,22 @@ def save_model(path: str | os.PathLike, model: nn.Module, metadata: dict[str, An
 
 
 def _sniff(path: Path) -> None:
-    """Refuse pickles, torch.save zips and truncated files before safetensors parses the header."""
+    """Refuse anything whose first bytes are not a complete safetensors JSON header (pickles,
+    torch.save zips, truncated files) before safetensors parses it."""
     size = path.stat().st_size
     with path.open("rb") as f:
-        head = f.read(8)
+        head = f.read(9)
+    n = struct.unpack("<Q", head[:8])[0] if len(head) == 9 else -1
+    if 0 < n <= min(_MAX_HEADER, size - 8) and head[8:] == b"{":
+        return
     if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
         raise NdgeoError(
             f"{path} is a pickle/torch.save file; ndgeo never unpickles model files (they can run "
             f"code). Use a .safetensors model written by ndgeo"
         )
-    if len(head) < 8:
-        raise NdgeoError(f"{path} is not a safetensors model file ({size} bytes)")
-    (n,) = struct.unpack("<Q", head)
-    if n > _MAX_HEADER or 8 + n > size:
-        raise NdgeoError(
-            f"{path} is truncated or not a safetensors file (header of {n} bytes, file {size})"
-        )
+    raise NdgeoError(
+        f"{path} is truncated or not a safetensors file ({size} bytes, header length {n})"
+    )
 
 
 def load_model(

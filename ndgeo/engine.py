@@ -220,7 +220,7 @@ def _client(scheduler: object, workers: int | None, gdal_env: dict[str, Any]):
         client, owned, cluster = scheduler, False, None
     elif isinstance(scheduler, str):
         try:
-            client, owned, cluster = Client(scheduler, timeout="20s"), True, None
+            client, owned, cluster = Client(scheduler), True, None
         except OSError as exc:
             raise NdgeoError(f"cannot connect to dask scheduler {scheduler}: {exc}") from exc
     elif workers:
@@ -262,8 +262,9 @@ def _execute(
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in done:
                         key = pending.pop(future)
+                        result = future.result()  # a failed task stops submission here
                         submit()
-                        yield key, future.result()
+                        yield key, result
             finally:
                 for future in pending:
                     future.cancel()
@@ -286,8 +287,9 @@ def _execute(
             submit_remote()
         for future in running:
             key, _ = keys.pop(future.key)
+            result = future.result()
             submit_remote()
-            yield key, future.result()
+            yield key, result
     finally:
         client.cancel([f for _, f in keys.values()])
 

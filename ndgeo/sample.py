@@ -51,7 +51,7 @@ CLASSES: tuple[tuple[str, tuple[int, int, int]], ...] = (
 #: Surface reflectance at the band centres (B02 ... B12).
 ENDMEMBERS: dict[str, tuple[float, ...]] = {
     # Dense, chlorophyll-rich canopy: deep red absorption extending to 705 nm, high NIR plateau.
-    "crop_canopy": (0.030, 0.075, 0.030, 0.100, 0.270, 0.390, 0.420, 0.430, 0.220, 0.100),
+    "crop_canopy": (0.030, 0.075, 0.030, 0.095, 0.270, 0.390, 0.420, 0.430, 0.220, 0.100),
     # Paler sward with dry matter: red still absorbed, but the red edge sits at shorter
     # wavelengths (high 705 nm) and the NIR plateau is lower.
     "grass_canopy": (0.040, 0.085, 0.050, 0.152, 0.225, 0.245, 0.250, 0.255, 0.260, 0.150),
@@ -165,8 +165,15 @@ def make_sample(
 
 
 def _smooth_field(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
-    """Gaussian-filtered white noise, standardised to mean 0 and standard deviation 1."""
-    field = ndimage.gaussian_filter(rng.standard_normal((size, size)), sigma, mode="reflect")
+    """Gaussian-filtered white noise, standardised to mean 0 and standard deviation 1.
+
+    Wide fields are filtered on a grid ``step`` times coarser and interpolated back: the same
+    look, without kernels hundreds of pixels long.
+    """
+    step = max(1, int(sigma // 4))
+    coarse = -(-size // step) + 1
+    field = ndimage.gaussian_filter(rng.standard_normal((coarse, coarse)), sigma / step)
+    field = ndimage.zoom(field, step, order=1)[:size, :size]
     return (field - field.mean()) / field.std()
 
 
@@ -254,7 +261,7 @@ def _draw_layout(rng: np.random.Generator, size: int, valid: np.ndarray) -> _Lay
     # Classes: the three most labellable parcels get crop, grassland and bare soil in random
     # order, so each class can be labelled; the rest are drawn at random.
     open_land = valid & ~lake & ~town
-    inner = [_inscribed(open_land & (parcels == p)) for p in range(n_parcels)]
+    inner = _inscribed(np.where(open_land, parcels + 1, 0), n_parcels)
     order = np.argsort([-r for r, _ in inner], kind="stable")
     parcel_class = rng.choice([crop, grass, soil], size=n_parcels, p=[0.42, 0.42, 0.16])
     parcel_class[order[:3]] = rng.permutation([crop, grass, soil])
@@ -263,21 +270,29 @@ def _draw_layout(rng: np.random.Generator, size: int, valid: np.ndarray) -> _Lay
     classes[lake] = water
     classes[town] = built
     regions = [(int(c), r, rc) for c, (r, rc) in zip(parcel_class, inner, strict=True)]
-    regions += [(water, *_inscribed(lake & valid)), (built, *_inscribed(town & valid))]
+    water_town = _inscribed(np.where(valid, lake * 1 + town * 2, 0), 2)
+    regions += [(water, *water_town[0]), (built, *water_town[1])]
     return _Layout(classes, parcels, parcel_class, lake, town, regions)
 
 
-def _inscribed(mask: np.ndarray) -> tuple[float, tuple[int, int]]:
-    """Radius of the label polygon ``mask`` can hold, and its centre pixel (row, col).
+def _inscribed(regions: np.ndarray, count: int) -> list[tuple[float, tuple[int, int]]]:
+    """For regions 1..count of a label image: the radius of the label polygon each can hold,
+    and its centre pixel (row, col).
 
-    The radius is the largest distance from a pixel of ``mask`` to the outside, less
-    :data:`LABEL_MARGIN`, capped at :data:`MAX_LABEL_RADIUS`.
+    The radius is the largest distance from a pixel of the region to the outside, less
+    :data:`LABEL_MARGIN`, capped at :data:`MAX_LABEL_RADIUS`; each region is measured in its
+    own bounding box.
     """
-    if not mask.any():
-        return -LABEL_MARGIN, (0, 0)
-    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    row, col = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return min(MAX_LABEL_RADIUS, float(dist[row, col]) - LABEL_MARGIN), (int(row), int(col))
+    out: list[tuple[float, tuple[int, int]]] = []
+    for value, box in enumerate(ndimage.find_objects(regions, max_label=count), start=1):
+        if box is None:
+            out.append((-LABEL_MARGIN, (0, 0)))
+            continue
+        dist = ndimage.distance_transform_edt(np.pad(regions[box] == value, 1))[1:-1, 1:-1]
+        row, col = np.unravel_index(int(np.argmax(dist)), dist.shape)
+        radius = min(MAX_LABEL_RADIUS, float(dist[row, col]) - LABEL_MARGIN)
+        out.append((radius, (int(row) + box[0].start, int(col) + box[1].start)))
+    return out
 
 
 def _render(
@@ -294,10 +309,10 @@ def _render(
     # Per parcel: a spectral jitter, a brightness (canopy structure) and a canopy cover.
     jitter = 1 + 0.02 * rng.standard_normal((n_parcels, len(BANDS)))
     brightness = rng.uniform(0.65, 1.35, n_parcels)
-    cover_lo = np.where(layout.parcel_class == 1, 0.50, 0.78)
+    cover_lo = np.where(layout.parcel_class == 1, 0.52, 0.78)
     cover_hi = np.where(layout.parcel_class == 1, 0.65, 1.00)
     cover_p = rng.uniform(cover_lo, cover_hi)
-    cover = np.clip(cover_p[layout.parcels] + 0.03 * _smooth_field(rng, size, 4.0), 0.45, 1.0)
+    cover = np.clip(cover_p[layout.parcels] + 0.03 * _smooth_field(rng, size, 4.0), 0.48, 1.0)
     canopy = np.where(layout.classes == 1, em["crop_canopy"], em["grass_canopy"])
     canopy = canopy * jitter[layout.parcels].transpose(2, 0, 1)
     vegetated = cover * canopy + (1 - cover) * soil

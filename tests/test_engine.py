@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 import rasterio
@@ -362,11 +363,9 @@ def test_local_cluster_processes_equal_local_threads(tmp_path):
     make_image(tmp_path / "in.tif", height=130, width=100)
     image = open_raster(tmp_path / "in.tif")
     run(BoxMean(), image, [0, 2], tmp_path / "local.tif", chunk_size=32)
-    log = tmp_path / "calls.log"
-    run(BoxMean(), image, [0, 2], tmp_path / "dist.tif", chunk_size=32, workers=2)
-    np.testing.assert_array_equal(read(tmp_path / "dist.tif"), read(tmp_path / "local.tif"))
+    result = run(BoxMean(), image, [0, 2], tmp_path / "dist.tif", chunk_size=32, workers=2)
+    assert result.scheduler.startswith("distributed") and result.windows == 20
     assert read(tmp_path / "dist.tif").tobytes() == read(tmp_path / "local.tif").tobytes()
-    assert not log.exists()
 
 
 def test_scheduler_and_worker_subprocesses_equal_local(tmp_path):
@@ -384,7 +383,7 @@ def test_scheduler_and_worker_subprocesses_equal_local(tmp_path):
     try:
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
-             "--nworkers", "1", "--no-dashboard", "--local-directory", str(tmp_path / "w")],
+             "--no-nanny", "--no-dashboard", "--local-directory", str(tmp_path / "w")],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         ))
         _wait_for_workers(address, 1)
@@ -407,7 +406,8 @@ def test_scheduler_and_worker_subprocesses_equal_local(tmp_path):
 
 def test_unreachable_scheduler_is_a_clear_error(tmp_path):
     make_image(tmp_path / "in.tif")
-    with pytest.raises(NdgeoError, match="cannot connect to dask scheduler"):
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}), \
+            pytest.raises(NdgeoError, match="cannot connect to dask scheduler"):
         run(NormalizedDifference(), open_raster(tmp_path / "in.tif"), [0, 1],
             tmp_path / "o.tif", scheduler=f"tcp://127.0.0.1:{_free_port()}")
     assert sorted(os.listdir(tmp_path)) == ["in.tif"]

@@ -92,7 +92,7 @@ def combine_moments(parts: Sequence[Moments]) -> Moments:
         safe = total.clamp_min(1.0)
         delta = mean_b - mean
         mean = mean + delta * c_b / safe
-        m2 = m2 + m2_b + delta * count * c_b / safe
+        m2 = m2 + m2_b + delta * delta * count * c_b / safe
         count = total
     return Moments(count, mean, m2)
 
