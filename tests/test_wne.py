@@ -37,6 +37,15 @@ SMALL = {
 FAST = settings(max_examples=6, deadline=None)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster and kinder to a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _make(name: str, wne: bool, pooling: str = "joint", seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     net = build_denoiser(name, C, wne=wne, pooling=pooling, eps=0.0, **SMALL[name])

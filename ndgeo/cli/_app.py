@@ -15,7 +15,7 @@ from ndgeo import __version__
 from ndgeo.errors import NdgeoError
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 #: Errors that come from the user's input, not from a bug: one line, exit code 2.
 USER_ERRORS = (NdgeoError, FileNotFoundError, PermissionError, rasterio.errors.RasterioError)

@@ -82,7 +82,7 @@ def block_moments(
 
 
 def combine_moments(parts: Sequence[Moments]) -> Moments:
-    """Merge block moments (Chan et al. parallel update), equal to whole-image moments in float64."""
+    """Merge block moments (Chan et al. parallel update): whole-image moments, float64."""
     if not parts:
         raise ValueError("combine_moments needs at least one Moments part")
     count, mean, m2 = (t.double() for t in parts[0])
@@ -123,7 +123,9 @@ def _as_stat(t: torch.Tensor | float, name: str) -> torch.Tensor:
     if t.dim() == 0:
         return t.reshape(1, 1, 1, 1)
     if t.dim() != 4:
-        raise ValueError(f"stats {name} must be broadcastable to (N, C or 1, 1, 1), got {tuple(t.shape)}")
+        raise ValueError(
+            f"stats {name} must be broadcastable to (N, C or 1, 1, 1), got {tuple(t.shape)}"
+        )
     return t
 
 
