@@ -123,6 +123,7 @@ class TrainConfig:
     block_size: int = 32
     eps: float = 1e-6
     device: str = "auto"  # "auto", "cpu" or "cuda"
+    threads: int = 1  # CPU threads while training: per-pixel models are too small to gain more
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -133,7 +134,7 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise NdgeoError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("n_indices", "depth", "epochs", "batch_size", "patience"):
+        for name in ("n_indices", "depth", "epochs", "batch_size", "patience", "threads"):
             if getattr(self, name) < 1:
                 raise NdgeoError(f"{name} must be >= 1, got {getattr(self, name)}")
         self.mlp_hidden = tuple(int(h) for h in self.mlp_hidden)
@@ -204,7 +205,15 @@ def train_model(
     for notable events (device, initial band pairs, early stop).
     """
     config = config or TrainConfig()
-    say = log or (lambda _msg: None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _train(pixels, config, split, progress, log or (lambda _msg: None))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(pixels, config, split, progress, say) -> TrainResult:
     device = resolve_device(config.device)
     if split is None:
         split = split_pixels(pixels, config.split, config.val_fraction, config.block_size,

@@ -86,8 +86,8 @@ class NDFunction(torch.autograd.Function):
         ab = z @ _stacked_weights(alpha, beta, signed).T
         k = alpha.shape[0]
         a, b = ab[:, :k], ab[:, k:]
-        den = a + b + eps
-        y = (a - b) / den
+        den = torch.add(a, b).add_(eps)
+        y = torch.sub(a, b).div_(den)
         ctx.save_for_backward(x, raw_pos, raw_neg, mask_pos, mask_neg, y, den)
         ctx.signed = signed
         return y
@@ -98,7 +98,9 @@ class NDFunction(torch.autograd.Function):
         signed, k, n = ctx.signed, y.shape[1], x.shape[1]
         r = grad / den
         ry = r * y
-        g_ab = torch.cat([r - ry, -(r + ry)], dim=1)
+        g_ab = torch.empty(r.shape[0], 2 * k, dtype=r.dtype, device=r.device)
+        torch.sub(r, ry, out=g_ab[:, :k])
+        torch.add(r, ry, out=g_ab[:, k:]).neg_()
         alpha, beta = _coefficients(raw_pos, raw_neg, mask_pos, mask_neg)
         gx = gpos = gneg = None
         if ctx.needs_input_grad[0]:
