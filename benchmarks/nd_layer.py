@@ -1,8 +1,7 @@
 """Forward+backward throughput of ND layers/models (closed-form vs autograd) vs equal-size MLPs.
 
-Run: ``python benchmarks/nd_layer.py [--pixels 65536] [--repeats 15]``. Uses 2 CPU threads
-(``--threads``),
-one batch of random reflectances, all models in this one process. "saved" is the size of the
+Run: ``python benchmarks/nd_layer.py [--pixels 65536] [--repeats 15] [--threads 2]``: one batch
+of random reflectances, all models in this one process. "saved" is the size of the
 tensors the forward keeps for the backward (measured with saved_tensors_hooks).
 """
 
@@ -94,7 +93,7 @@ def main() -> None:
           f"os.cpu_count()={os.cpu_count()}, torch {torch.__version__}, threads "
           f"{torch.get_num_threads()}, batch {args.pixels} px, best of {args.repeats}")
     header = (f"{'case':<22}{'params':>7}{'closed Mpx/s':>13}{'autograd':>10}{'cl/ag':>7}"
-              f"{'saved MB cl/ag':>16}{'MLP hidden':>12}{'MLP Mpx/s':>10}{'ND/MLP':>8}")
+              f"{'saved MB cl/ag':>16}{'MLP hidden':>15}{'MLP Mpx/s':>10}{'ND/MLP':>8}")
     print(header)
     print("-" * len(header))
     for name, model, inp in cases:
@@ -110,7 +109,7 @@ def main() -> None:
         rate = args.pixels / 1e6
         print(f"{name:<22}{params:>7}{rate / closed:>13.2f}{rate / auto:>10.2f}"
               f"{auto / closed:>7.2f}{f'{saved_closed:.1f}/{saved_auto:.1f}':>16}"
-              f"{str(tuple(mlp.hidden)) + ' ' + str(mlp.n_parameters()):>12}"
+              f"{str(tuple(mlp.hidden)) + ' ' + str(mlp.n_parameters()):>15}"
               f"{rate / t_mlp:>10.2f}{t_mlp / best:>8.2f}")
     print("cl/ag > 1: closed-form backward faster; ND/MLP > 1: ND (faster path) faster than MLP.")
 

@@ -5,8 +5,9 @@ validation split; per-band positive scaling by the training medians (folded back
 coefficients); first-layer indices started as the classical NDs of the most discriminative band
 pairs (:func:`ndgeo.nn.select_pairs`); batch-normalised ND outputs before the linear head; Adam
 with lr 1e-2 and no weight decay on ND raw parameters, 1e-3 on the head; class-balanced loss;
-gradient-norm clipping; learning rate halved on validation-loss plateaus; early stopping keeping
-the best validation checkpoint. The same seed gives identical weights.
+gradient-norm clipping; learning rate halved on validation-loss plateaus; early stopping once
+neither validation accuracy nor loss improved for ``patience`` epochs, keeping the checkpoint with
+the best validation accuracy (ties: lower loss). The same seed gives identical weights.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ def split_pixels(
 
     ``"block"`` groups pixels in ``block_size`` x ``block_size`` squares per scene and puts whole
     squares in validation (neighbouring pixels are near duplicates; a random split would
-    overstate accuracy), drawing squares in random order until every class has about
-    ``val_fraction`` of its pixels in validation, never taking a class's last training pixels.
+    overstate accuracy). Squares are drawn in random order and kept when they bring the
+    per-class validation counts closer to ``val_fraction`` of each class (relative L1 distance),
+    never taking a class's last training pixels.
     ``"random"`` is a stratified per-pixel split. Classes confined to one square stay in
     training only.
     """
@@ -69,20 +71,18 @@ def split_pixels(
         counts = np.zeros((block.max() + 1, n_classes), dtype=np.int64)
         np.add.at(counts, (block, y), 1)
         target = val_fraction * counts.sum(axis=0)
+        scale = np.maximum(target, 1.0)
         in_val = np.zeros(len(counts), dtype=bool)
         val_counts = np.zeros(n_classes)
-        train_counts = counts.sum(axis=0).astype(float)
+        train_counts = counts.sum(axis=0)
         for b in rng.permutation(len(counts)):
             c = counts[b]
-            if not np.any((c > 0) & (val_counts < target)):
-                continue
-            if np.any((c > 0) & (train_counts - c <= 0)):
+            gain = (np.abs(val_counts - target) - np.abs(val_counts + c - target)) / scale
+            if gain.sum() <= 0 or np.any((c > 0) & (train_counts - c <= 0)):
                 continue
             in_val[b] = True
             val_counts += c
-            train_counts -= c
-            if np.all(val_counts >= target):
-                break
+            train_counts = train_counts - c
         val = in_val[block]
     else:
         raise NdgeoError(f"split mode must be 'block' or 'random', got {mode!r}")
@@ -113,7 +113,7 @@ class TrainConfig:
     head_lr: float = 1e-3  # head, normalisation
     mlp_lr: float = 3e-3
     weight_decay: float = 1e-4  # head and MLP only
-    patience: int = 25  # epochs without validation-loss improvement before stopping
+    patience: int = 25  # epochs without validation accuracy or loss improvement before stopping
     grad_clip: float = 1.0
     class_weight: str = "balanced"  # or "none"
     band_scale: str = "median"  # or "none": per-band 1/median of the training pixels
@@ -251,7 +251,8 @@ def _train(pixels, config, split, progress, say) -> TrainResult:
     batch = min(config.batch_size, max(16, math.ceil(n_train / config.min_steps_per_epoch)))
     steps = max(math.ceil(n_train / batch), config.min_steps_per_epoch)
     history: list[dict] = []
-    best = (math.inf, 0, copy.deepcopy(model.state_dict()))
+    best = ((-1.0, -math.inf), 0, copy.deepcopy(model.state_dict()))
+    lowest, last_gain = math.inf, 0
     start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -275,10 +276,12 @@ def _train(pixels, config, split, progress, say) -> TrainResult:
         history.append(row)
         if progress:
             progress(epoch, config.epochs, row)
-        if val_loss < best[0] - 1e-6:
-            best = (val_loss, epoch, copy.deepcopy(model.state_dict()))
-        elif epoch - best[1] >= config.patience:
-            say(f"early stop at epoch {epoch}; best validation loss {best[0]:.4f} "
+        if (val_acc, -val_loss) > best[0]:
+            best = ((val_acc, -val_loss), epoch, copy.deepcopy(model.state_dict()))
+        if val_loss < lowest - 1e-6:
+            lowest, last_gain = val_loss, epoch
+        if epoch - max(best[1], last_gain) >= config.patience:
+            say(f"early stop at epoch {epoch}; best validation accuracy {best[0][0]:.4f} "
                 f"at epoch {best[1]}")
             break
     seconds = time.perf_counter() - start
