@@ -116,6 +116,7 @@ class _Scene:
     clipped: int
     pixels_read: int
     labelled: int
+    n_valid: int
     warnings: list[str]
     value_names: dict[int, str] = field(default_factory=dict)
 
@@ -311,7 +312,7 @@ def _read_scene(
     return _Scene(
         *acc.result(), keys=keys, bands=chosen, excluded=reader.excluded,
         clipped=reader.clipped, pixels_read=reader.pixels_read, labelled=reader.labelled,
-        warnings=notes, value_names=value_names,
+        n_valid=acc.seen, warnings=notes, value_names=value_names,
     )
 
 
@@ -369,12 +370,14 @@ class _Accumulator:
         self.rng = rng
         self.parts: list[tuple[np.ndarray, ...]] = []
         self.size = 0
+        self.seen = 0
 
     def add(self, X, codes, rows, cols) -> None:
         rand = self.rng.random(len(codes))
         self.parts.append((X.astype("float32"), codes.astype("int64"), rows.astype("int64"),
                            cols.astype("int64"), rand))
         self.size += len(codes)
+        self.seen += len(codes)
         if self.cap is not None and self.size > 2 * self.cap:
             self.parts = [_keep_smallest(self._joined(), self.cap)]
             self.size = len(self.parts[0][1])
@@ -515,7 +518,7 @@ def _vector_label_tiles(src, labels_path: Path, label_field: str):
     # Tiles touched by each feature's bounding box, from its pixel-space bounds.
     inv = ~src.transform
     bounds = shapely.bounds(geoms)
-    corners = [inv * (bounds[:, i], bounds[:, j]) for i, j in ((0, 1), (0, 3), (2, 1), (2, 3))]
+    corners = [inv @ (bounds[:, i], bounds[:, j]) for i, j in ((0, 1), (0, 3), (2, 1), (2, 3))]
     cmin = np.floor(np.min([c[0] for c in corners], axis=0))
     cmax = np.ceil(np.max([c[0] for c in corners], axis=0))
     rmin = np.floor(np.min([c[1] for c in corners], axis=0))
@@ -647,12 +650,12 @@ def _merge(scenes: list[_Scene], images: list[Path], *, classes, class_names, ma
             table[code] = lookup[n]
         ys.append(table[s.codes])
     stack = [np.concatenate(a) for a in zip(
-        *((s.X.reshape(len(s.codes), -1), y, s.rows, s.cols,
+        *((s.X.reshape(len(s.codes), len(s.bands)), y, s.rows, s.cols,
            np.full(len(y), i, "int64"), s.rand) for i, (s, y) in enumerate(zip(scenes, ys,
                                                                              strict=True))),
         strict=True)]
-    total = len(stack[1])
-    if max_pixels is not None and total > max_pixels:
+    total = sum(s.n_valid for s in scenes)
+    if max_pixels is not None and len(stack[1]) > max_pixels:
         stack = list(_keep_smallest(tuple(stack), max_pixels))
     X, y, rows, cols, scene, _ = stack
     excluded = {r: sum(s.excluded[r] for s in scenes) for r in EXCLUSION_REASONS}

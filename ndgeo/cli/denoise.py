@@ -2,30 +2,164 @@
 
 from __future__ import annotations
 
-import typer
+from contextlib import contextmanager
+from pathlib import Path
 
-from ndgeo.cli._app import app
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ndgeo import denoise as lib
+from ndgeo.checkpoint import save_model
+from ndgeo.cli._app import app, console, err_console, is_quiet
+from ndgeo.cli._common import parse_list, print_json
+from ndgeo.cli.apply import (
+    _BANDS,
+    _CHUNK,
+    _CO,
+    _COG,
+    _CONFIG,
+    _DRY,
+    _NODATA,
+    _OVERWRITE,
+    _SCHED,
+    _SENSOR,
+    _WORKERS,
+    _run,
+)
 from ndgeo.errors import NdgeoError
+from ndgeo.raster import open_raster
+from ndgeo.writer import check_output
 
 denoise_app = typer.Typer(help="Train and apply WNE-wrapped denoisers.", no_args_is_help=True)
 app.add_typer(denoise_app, name="denoise")
 
-_CTX = {"ignore_unknown_options": True, "allow_extra_args": True}
+_DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 
 
-@denoise_app.command("train", context_settings=_CTX)
-def denoise_train() -> None:
-    """Train a denoiser (not yet implemented)."""
-    raise NdgeoError("`ndgeo denoise train` is not implemented yet")
+@contextmanager
+def _step_progress(quiet: bool):
+    """A rich bar over training steps showing the running RMSE (data units)."""
+    if quiet:
+        yield None
+        return
+    columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("rmse {task.fields[rmse]}"), TimeRemainingColumn())
+    with Progress(*columns, console=err_console) as bar:
+        task = bar.add_task("train", total=None, rmse="-")
+
+        def update(step: int, total: int, rmse: float) -> None:
+            bar.update(task, completed=step, total=total, rmse=f"{rmse:.4g}")
+
+        yield update
 
 
-@denoise_app.command("apply", context_settings=_CTX)
-def denoise_apply() -> None:
-    """Denoise a GeoTIFF chunk-wise (not yet implemented)."""
-    raise NdgeoError("`ndgeo denoise apply` is not implemented yet")
+@denoise_app.command("train")
+def denoise_train(
+    ctx: typer.Context,
+    images: list[Path] = typer.Argument(..., help="Clean training GeoTIFFs (same band names)."),
+    out: Path = typer.Option(..., "-o", "--output-file", help="Denoiser file to write (.safetensors)."),
+    backbone: str = typer.Option("dncnn", "--backbone", help="dncnn, transformer (window attention) or ne-arch (equivariant by construction, never wrapped)."),
+    wne: bool = typer.Option(True, "--wne/--no-wne", help="Wrap the backbone in WNE (default) or train it unwrapped (baseline)."),
+    pooling: str = typer.Option("joint", "--pooling", help="WNE statistics over all bands jointly (joint, the paper's) or per band (band)."),
+    sigma: str = typer.Option(..., "--sigma", help=f"Training noise std: {lib.SIGMA_RULE}."),
+    patch: int = typer.Option(64, "--patch", help="Training patch size in pixels."),
+    steps: int = typer.Option(2000, "--steps", help="Optimizer steps."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Patches per step."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (halved at 50% and 75% of the steps)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (patches, noise, weights)."),
+    depth: int | None = typer.Option(None, "--depth", help="Backbone depth (layers or transformer blocks)."),
+    width: int | None = typer.Option(None, "--width", help="Backbone channels (transformer: embedding dim)."),
+    window: int | None = typer.Option(None, "--window", help="Transformer attention window."),
+    bands: str | None = _BANDS,
+    sensor: str | None = _SENSOR,
+    nodata: float | None = _NODATA,
+    overwrite: bool = _OVERWRITE,
+    device: str = _DEVICE,
+) -> None:
+    """Train a denoiser on clean patches with synthetic Gaussian noise."""
+    check_output(out, overwrite=overwrite)
+    infos = [open_raster(p, bands=parse_list(bands), sensor=sensor, nodata=nodata) for p in images]
+    config = lib.DenoiseConfig(
+        backbone=backbone, sigma=sigma, wne=wne, pooling=pooling, patch=patch, steps=steps,
+        batch_size=batch_size, lr=lr, seed=seed, depth=depth, width=width, window=window,
+        device=device,
+    )
+    quiet = is_quiet(ctx)
+    with _step_progress(quiet) as progress:
+        model, meta = lib.train_denoiser(infos, config, progress=progress)
+    check_output(out, overwrite=overwrite)
+    save_model(out, model, meta)
+    if not quiet:
+        console.print(
+            f"wrote [bold]{out}[/] ({backbone}{' + WNE' if meta['wne'] else ''}, sigma "
+            f"{meta['sigma']:.4g}, final rmse {meta['training']['final_rmse']:.4g}, halo "
+            f"{meta['halo']} px, {meta['training']['seconds']:.1f} s)"
+        )
 
 
-@denoise_app.command("evaluate", context_settings=_CTX)
-def denoise_evaluate() -> None:
-    """Noise-mismatch diagnostic (not yet implemented)."""
-    raise NdgeoError("`ndgeo denoise evaluate` is not implemented yet")
+@denoise_app.command("apply")
+def denoise_apply(
+    ctx: typer.Context,
+    denoiser: Path = typer.Argument(..., help="Denoiser file written by `ndgeo denoise train`."),
+    image: Path = typer.Argument(..., help="Input GeoTIFF (any size)."),
+    out: Path = typer.Option(..., "-o", "--output-file", help="Output GeoTIFF."),
+    dtype: str = typer.Option("same", "--dtype", help="Output pixel type: same (input type, rounded and clipped) or e.g. float32 (exact values)."),
+    device: str = _DEVICE,
+    bands: str | None = _BANDS,
+    sensor: str | None = _SENSOR,
+    nodata: float | None = _NODATA,
+    chunk_size: int = _CHUNK,
+    scheduler: str | None = _SCHED,
+    workers: int | None = _WORKERS,
+    co: list[str] | None = _CO,
+    config: list[str] | None = _CONFIG,
+    cog: bool = _COG,
+    overwrite: bool = _OVERWRITE,
+    dry_run: bool = _DRY,
+) -> None:
+    """Denoise IMAGE chunk-wise with scene statistics: equal to whole-scene denoising."""
+    info = open_raster(image, bands=parse_list(bands), sensor=sensor, nodata=nodata)
+    if not dry_run:
+        check_output(out, overwrite=overwrite)
+    processor, positions, chunk = lib.denoise_processor(
+        denoiser, info, out_dtype=dtype, device=device, chunk_size=chunk_size,
+        compute_stats=not dry_run, scheduler=scheduler, workers=workers,
+    )
+    _run(ctx, processor, info, positions, out, chunk_size=chunk, scheduler=scheduler,
+         workers=workers, co=co, config=config, cog=cog, overwrite=overwrite, dry_run=dry_run,
+         what="denoise")
+
+
+@denoise_app.command("evaluate")
+def denoise_evaluate(
+    denoiser: Path = typer.Argument(..., help="Denoiser file written by `ndgeo denoise train`."),
+    image: Path = typer.Argument(..., help="A clean GeoTIFF (read into memory: use a crop of large scenes)."),
+    sigmas: str = typer.Option("0.5x,1x,2x,5x", "--sigmas", help="Test noise levels, comma-separated: Sx = S x the training sigma, S% of the denoiser's data range, or data units."),
+    draws: int = typer.Option(3, "--draws", help="Noise draws per level (PSNR averaged)."),
+    seed: int = typer.Option(0, "--seed", help="Noise seed."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    device: str = _DEVICE,
+    bands: str | None = _BANDS,
+    sensor: str | None = _SENSOR,
+    nodata: float | None = _NODATA,
+) -> None:
+    """Noise-mismatch diagnostic: PSNR before and after denoising at several noise levels."""
+    info = open_raster(image, bands=parse_list(bands), sensor=sensor, nodata=nodata)
+    levels = parse_list(sigmas)
+    if not levels:
+        raise NdgeoError(f"--sigmas needs at least one level, got {sigmas!r}")
+    result = lib.evaluate_denoiser(denoiser, info, levels, draws=draws, seed=seed, device=device)
+    if as_json:
+        print_json(result)
+        return
+    kind = f"{result['backbone']}{' + WNE' if result['wne'] else ''}"
+    table = Table(title=f"{kind}, sigma_train {result['train_sigma']:.4g}, peak "
+                        f"{result['peak']:.4g}, {draws} draws")
+    for col in ("sigma", "data units", "x train", "input PSNR", "output PSNR", "gain"):
+        table.add_column(col, justify="right")
+    for row in result["rows"]:
+        table.add_row(row["sigma"], f"{row['sigma_data']:.4g}", f"{row['factor']:.2f}",
+                      f"{row['input_psnr']:.2f}", f"{row['output_psnr']:.2f}",
+                      f"{row['output_psnr'] - row['input_psnr']:+.2f}")
+    console.print(table)
