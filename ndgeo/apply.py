@@ -25,6 +25,7 @@ from ndgeo.formula import (
     catalogue_expression,
     evaluate,
     expression_variables,
+    model_formulas,
     to_plain,
 )
 from ndgeo.raster import RasterInfo
@@ -303,16 +304,6 @@ def _read_formula_file(path: str | os.PathLike) -> list[tuple[str, str]]:
     return out
 
 
-def index_formulas(model: torch.nn.Module, meta: dict, *, precision: int = 3) -> list:
-    """The model's first-layer indices as formula objects (band letters where known)."""
-    from ndgeo.bands import Band
-    from ndgeo.formula import formulas_from_coefficients
-
-    bands = [Band(b["name"], b.get("letter")) for b in meta["bands"]]
-    coeffs = model.index_coefficients([b.name for b in bands])
-    return formulas_from_coefficients(coeffs, bands, precision=precision)
-
-
 def model_processor(
     model_path: str | os.PathLike,
     image: RasterInfo,
@@ -334,7 +325,7 @@ def model_processor(
     positions = match_model_bands(meta, image)
     descriptions: list[str] = []
     if meta.get("config", {}).get("kind") == "nd":
-        descriptions = [to_plain(f) for f in index_formulas(model, meta)]
+        descriptions = [to_plain(f) for f in model_formulas(model, meta)]
     stage = None
     halo = 0
     if denoiser is not None:

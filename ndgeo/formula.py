@@ -117,6 +117,18 @@ def formulas_from_coefficients(
     return [_formula(c, by_name, threshold, precision) for c in coeffs]
 
 
+def model_formulas(
+    model: Any, meta: Mapping[str, Any], *, threshold: float = 0.05, precision: int = 3
+) -> list[IndexFormula]:
+    """The first-layer indices of an ND model (``index_coefficients``) with its stored bands."""
+    if not callable(getattr(model, "index_coefficients", None)):
+        kind = meta.get("config", {}).get("kind")
+        raise NdgeoError(f"this model ({kind!r}) has no learned indices; only ND models do")
+    bands = [Band(b["name"], b.get("letter")) for b in meta["bands"]]
+    coeffs = model.index_coefficients([b.name for b in bands])
+    return formulas_from_coefficients(coeffs, bands, threshold=threshold, precision=precision)
+
+
 def _formula(
     coeff: Mapping[str, Any], by_name: Mapping[str, Band], threshold: float, precision: int
 ) -> IndexFormula:
@@ -181,19 +193,34 @@ def _product(coef: float, var: str, precision: int, mult: str) -> str:
 def _sides(
     f: IndexFormula, names: Mapping[str, str], *, mult: str, spaced: bool
 ) -> tuple[str, str]:
-    """Numerator and denominator text, with ``names`` mapping variable -> printed name."""
+    """Numerator and denominator text, with ``names`` mapping variable -> printed name.
 
-    def prods(terms: tuple[Term, ...]) -> list[str]:
-        return [_product(f.rounded(t), names[t.variable], f.precision, mult) for t in terms]
-
+    A band on both sides (dense layers learn both weights of every band) is printed once per
+    side: ``(p - q)`` in the numerator and ``(p + q)`` in the denominator, which is the same
+    function as the unmerged form and far easier to read.
+    """
+    pos: dict[str, float] = {}
+    neg: dict[str, float] = {}
+    for term in f.positive:
+        pos[term.variable] = pos.get(term.variable, 0.0) + f.rounded(term)
+    for term in f.negative:
+        neg[term.variable] = neg.get(term.variable, 0.0) + f.rounded(term)
+    order = sorted(set(pos) | set(neg), key=lambda v: -(pos.get(v, 0.0) - neg.get(v, 0.0)))
     plus, minus = (" + ", " - ") if spaced else ("+", "-")
-    pos, neg = prods(f.positive), prods(f.negative)
-    if pos:
-        numerator = plus.join(pos) + "".join(minus + p for p in neg)
-    else:
-        numerator = ("-" + minus.join(neg)) if neg else "0"
-    denominator = plus.join(pos + neg)
-    return numerator, denominator
+    numerator = ""
+    for var in order:
+        net = round(pos.get(var, 0.0) - neg.get(var, 0.0), f.precision)
+        if net == 0:
+            continue
+        product = _product(abs(net), names[var], f.precision, mult)
+        if not numerator:
+            numerator = product if net > 0 else "-" + product
+        else:
+            numerator += (plus if net > 0 else minus) + product
+    denominator = plus.join(
+        _product(pos.get(v, 0.0) + neg.get(v, 0.0), names[v], f.precision, mult) for v in order
+    )
+    return numerator or "0", denominator
 
 
 def _dropped_note(f: IndexFormula) -> str:

@@ -294,6 +294,9 @@ def _train(pixels, config, split, progress, say) -> TrainResult:
         (predict_logits(model, X_tr.numpy()).argmax(1) == y_tr.numpy()).mean()
     )
     metrics["split"] = config.split
+    if hasattr(model, "index_importance") and len(val_idx):
+        # Which first-layer indices each class's logit relies on (for `ndgeo formula`).
+        metrics["index_importance"] = np.asarray(model.index_importance(X_va)).tolist()
     return TrainResult(
         model=model.cpu(), config=config, history=history, metrics=metrics,
         train_seconds=round(seconds, 3), n_parameters=int(model.n_parameters()),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -203,7 +204,13 @@ def test_default_dtype_nodata_and_statistics_ignore_fill(scene, denoisers, tmp_p
 def test_apply_with_denoise_equals_denoise_then_apply(scene, denoisers, tmp_path):
     info = open_raster(scene["tiled"])
     torch.manual_seed(0)
-    classifier = NDClassifier(info.count, len(CLASSES), n_indices=4).eval()
+    classifier = NDClassifier(info.count, len(CLASSES), n_indices=4)
+    with rasterio.open(scene["tiled"]) as src:  # fit BatchNorm: several classes, not one
+        block, valid = to_float_block(src.read(), info.nodata)
+    classifier.norm.momentum = None
+    with torch.no_grad():
+        classifier(torch.from_numpy(block[:, valid].T))
+    classifier.eval()
     model_path = tmp_path / "classifier.safetensors"
     save_model(model_path, classifier, {
         "bands": [{"name": b.name, "letter": b.letter} for b in info.bands],
@@ -229,6 +236,8 @@ def test_denoise_stage_checks_bands_and_alignment(scene, denoisers):
     stage = lib.denoise_stage(denoisers["transformer"], info, list(range(10))[::-1],
                               chunk_size=32)
     assert stage.halo == 8 and stage.band_index == tuple(range(10))[::-1]
+    clone = pickle.loads(pickle.dumps(stage))  # travels to dask workers without weights
+    assert clone == stage and len(pickle.dumps(stage)) < 4096
     with pytest.raises(NdgeoError, match="needs band"):
         lib.denoise_stage(denoisers["dncnn"], info, [0, 1, 2], chunk_size=32)
 

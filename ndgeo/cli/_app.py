@@ -14,7 +14,7 @@ from typer.core import TyperGroup
 from ndgeo import __version__
 from ndgeo.errors import NdgeoError
 
-console = Console()
+console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 #: Errors that come from the user's input, not from a bug: one line, exit code 2.
