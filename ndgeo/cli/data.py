@@ -7,8 +7,18 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from ndgeo import engine
+from ndgeo.apply import model_processor
+from ndgeo.checkpoint import save_model
 from ndgeo.cli._app import app, console, is_quiet
-from ndgeo.sample import SampleScene, make_sample
+from ndgeo.cli._common import pixel_progress
+from ndgeo.cli.train import print_formulas, print_metrics
+from ndgeo.errors import NdgeoError
+from ndgeo.labels import load_many
+from ndgeo.raster import open_raster
+from ndgeo.report import training_report
+from ndgeo.sample import SampleScene, describe_scene, make_sample, validate_sample
+from ndgeo.train import TrainConfig, train_model
 
 
 @app.command("sample-data")
@@ -49,3 +59,50 @@ def _print_scene(scene: SampleScene) -> None:
         f"else {index['below']}",
         highlight=False,
     )
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    data: Path = typer.Argument(Path("sample_data"), help="Sample scene folder (made there if missing)."),
+    out: Path = typer.Option(Path("ndgeo-demo"), "--out", help="Folder for the model, report and classification (its demo files are replaced on every run)."),
+    epochs: int = typer.Option(200, "--epochs", help="Maximum training epochs."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the training run."),
+) -> None:
+    """The whole job on the sample scene: check data, train, print learned formulas, apply."""
+    quiet = is_quiet(ctx)
+    say = (lambda *a, **k: None) if quiet else console.print
+    if not data.exists():
+        say(f"[bold]1. sample scene[/]: {data} is missing, generating it")
+        make_sample(data)
+    problems = validate_sample(data)
+    if problems:
+        raise NdgeoError(f"{data} is not a valid sample scene: {problems[0]}")
+    image, labels = data / "scene.tif", data / "labels.gpkg"
+    facts = describe_scene(image, data / "labels.tif")
+    say(f"[bold]1. sample scene[/] {image}: {facts['width']}x{facts['height']} px, "
+        f"{facts['count']} bands ({', '.join(b['name'] for b in facts['bands'])}), "
+        f"{facts['crs']}, nodata {facts['nodata']:g}, "
+        f"{100 * facts['valid_fraction']:.0f}% valid; labels: "
+        + ", ".join(f"{c['name']} {c['pixels']}" for c in facts.get("classes", [])),
+        highlight=False)
+
+    out.mkdir(parents=True, exist_ok=True)
+    model_path, classes_path = out / "model.safetensors", out / "classes.tif"
+    say(f"[bold]2. train[/] an ND classifier on {labels.name} (vector labels, blocked split)")
+    pixels = load_many([(image, labels)], seed=seed)
+    result = train_model(pixels, TrainConfig(epochs=epochs, seed=seed))
+    save_model(model_path, result.model, result.metadata())
+    training_report(result, out / "model.png")
+    if not quiet:
+        print_metrics(result.metrics, result.classes, "validation (block split)")
+        say("[bold]3. learned index equations[/]")
+        print_formulas(result.model, result.metadata())
+
+    info = open_raster(image)
+    processor, positions = model_processor(model_path, info, outputs=["class"])
+    with pixel_progress("4. apply", quiet=quiet) as progress:
+        run = engine.run(processor, info, positions, classes_path, overwrite=True,
+                         progress=progress)
+    say(f"[bold]4. classification[/] written to {run.out_path} "
+        f"(uint8 class ids with colour table; model {model_path}, report {out / 'model.png'})")

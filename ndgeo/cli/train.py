@@ -55,7 +55,8 @@ def _epoch_progress(quiet: bool, total: int):
     return bar, update
 
 
-def _print_metrics(metrics: dict, classes: list[str], title: str) -> None:
+def print_metrics(metrics: dict, classes: list[str], title: str) -> None:
+    """Accuracy, kappa, macro-F1 and the confusion matrix with per-class F1."""
     console.print(
         f"[bold]{title}[/]: overall accuracy {metrics['overall_accuracy']:.4f}, "
         f"kappa {metrics['kappa']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
@@ -69,7 +70,8 @@ def _print_metrics(metrics: dict, classes: list[str], title: str) -> None:
     console.print(table)
 
 
-def _print_formulas(model, meta: dict, *, threshold: float, precision: int) -> None:
+def print_formulas(model, meta: dict, *, threshold: float = 0.05, precision: int = 3) -> None:
+    """The learned indices with their nearest catalogue index, and what each class uses."""
     if meta["config"].get("kind") != "nd":
         return
     console.print("[bold]learned indices[/]")
@@ -104,6 +106,7 @@ def train(
     indices: int = typer.Option(8, "--indices", help="Learned indices in the first ND layer."),
     depth: int = typer.Option(1, "--depth", help="Stacked ND layers (first unsigned, then signed)."),
     pairwise: bool = typer.Option(False, "--pairwise", help="Classical band-pair indices (2 weights each) instead of dense ones."),
+    head_norm: str = typer.Option("batchnorm", "--head-norm", help="Normalisation of ND outputs before the head: batchnorm, affine or none (none gives the most literal formulas)."),
     compare: bool = typer.Option(False, "--compare", help="Also train the MLP baseline on the same split and print both."),
     epochs: int = typer.Option(200, "--epochs", help="Maximum epochs (early stopping on the validation split)."),
     patience: int = typer.Option(25, "--patience", help="Epochs without validation improvement before stopping."),
@@ -127,6 +130,7 @@ def train(
     if report_path is not None:
         check_output(report_path, overwrite=True)
     config = TrainConfig(model=model, n_indices=indices, depth=depth, pairwise=pairwise,
+                         head_norm=head_norm,
                          epochs=epochs, patience=patience, batch_size=batch_size, split=split,
                          block_size=block_size, val_fraction=val_fraction, device=device,
                          seed=seed)
@@ -155,7 +159,7 @@ def train(
         training_report(result, report_path)
     if quiet:
         return
-    _print_metrics(result.metrics, result.classes, f"validation ({result.config.split} split)")
+    print_metrics(result.metrics, result.classes, f"validation ({result.config.split} split)")
     if compare:
         table = Table("model", "accuracy", "macro-F1", "kappa", "parameters", "train s",
                       title="same split", title_justify="left")
@@ -164,7 +168,7 @@ def train(
             table.add_row(r.config.model, f"{m['overall_accuracy']:.4f}", f"{m['macro_f1']:.4f}",
                           f"{m['kappa']:.4f}", str(r.n_parameters), f"{r.train_seconds:.1f}")
         console.print(table)
-    _print_formulas(result.model, {**meta, "config": result.model.config()},
+    print_formulas(result.model, {**meta, "config": result.model.config()},
                     threshold=threshold, precision=precision)
     console.print(f"wrote [bold]{out_path}[/]" + (f" and {report_path}" if report_path else ""))
 
@@ -189,7 +193,7 @@ def formula(
     net, meta = load_model(model)
     formulas = fm.model_formulas(net, meta, threshold=threshold, precision=precision)
     if fmt == "text":
-        _print_formulas(net, meta, threshold=threshold, precision=precision)
+        print_formulas(net, meta, threshold=threshold, precision=precision)
         return
     options = {"application_domain": domain} if fmt == "asi" else {}
     print(fm.render(formulas, fmt, **options))
@@ -228,7 +232,7 @@ def evaluate(
     if as_json:
         print_json(result)
         return
-    _print_metrics(result, classes, f"{image.name}")
+    print_metrics(result, classes, f"{image.name}")
     if noise_levels:
         table = Table("noise", "accuracy", "drop (points)", title=f"{noise_mode} noise",
                       title_justify="left")
