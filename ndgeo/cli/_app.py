@@ -9,6 +9,7 @@ import click
 import rasterio.errors
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from ndgeo import __version__
@@ -30,7 +31,11 @@ class _Group(TyperGroup):
         except USER_ERRORS as exc:
             if (ctx.obj or {}).get("debug"):
                 raise
-            err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            # rasterio reports a block that fails to decode as "Read failed. See previous
+            # exception for details."; GDAL's own message (file, band, block) is the cause.
+            if isinstance(exc, rasterio.errors.RasterioError) and exc.__cause__ is not None:
+                exc = exc.__cause__
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
             ctx.exit(2)
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]")

@@ -11,6 +11,7 @@ from ndgeo import engine
 from ndgeo.cli._app import app, console, is_quiet
 from ndgeo.cli._common import parse_key_values, parse_list, pixel_progress, print_json
 from ndgeo.raster import open_raster
+from ndgeo.writer import check_output
 
 _BANDS = typer.Option(None, "--bands", help="Band names or 1-based indexes of the image, comma-separated, overriding its band descriptions.")
 _SENSOR = typer.Option(None, "--sensor", help="Sensor preset naming the bands: sentinel-2, landsat-8, landsat-7, generic.")
@@ -35,6 +36,7 @@ def _run(ctx: typer.Context, processor, info, positions, out: Path, *, chunk_siz
     if dry_run:
         print_json(engine.run(processor, info, positions, out, **options))
         return
+    check_output(out, overwrite=overwrite)  # before the progress bar: a refusal is one line
     quiet = is_quiet(ctx)
     with pixel_progress(what, quiet=quiet) as progress:
         result = engine.run(processor, info, positions, out, progress=progress, **options)
