@@ -322,6 +322,12 @@ def model_processor(
     """
     resolve_device(device)  # fail early on --device cuda without a GPU
     model, meta = load_model(model_path)
+    kind = meta.get("config", {}).get("kind")
+    if kind not in ("nd", "mlp"):
+        raise NdgeoError(
+            f"{model_path} is a {kind!r} model, not a pixel classifier; denoisers go to "
+            "`ndgeo denoise apply` or `ndgeo apply --denoise`"
+        )
     positions = match_model_bands(meta, image)
     descriptions: list[str] = []
     if meta.get("config", {}).get("kind") == "nd":
