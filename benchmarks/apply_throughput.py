@@ -16,10 +16,12 @@ the command itself and "wall" adds interpreter start-up and imports. The model i
 few epochs on 20,000 pixels of the input labelled into 4 classes by quartiles of the NIR/red ND
 (a real trained checkpoint with BatchNorm statistics, saved with ``ndgeo.checkpoint``).
 Variants run back to back, ``--repeats`` times in alternating order; the fastest compute time
-of each is reported (the least disturbed on a shared machine). Peak RSS is the child's
-``ru_maxrss`` from ``os.wait4``; ``ndgeo apply`` (and the floor) also run on a 4096 and a 16384
-input to show memory does not grow with raster size (``--rss-sizes``; the 16384 input is
-skipped when ``df`` shows too little free space).
+of each is reported (the least disturbed on a shared machine). Peak RSS is the child's own
+``VmHWM`` (/proc/self/status, read when it finishes): ``os.wait4``'s ``ru_maxrss`` is not used
+because on Linux a child started with vfork + exec inherits the parent's high-water mark (a
+child running ``pass`` reports 827 MB while the parent holds 800 MB). ``ndgeo apply`` (and the
+floor) also run on a 4096 and a 16384 input to show memory does not grow with raster size
+(``--rss-sizes``; the 16384 input is skipped when ``df`` shows too little free space).
 
 Usage: ``python benchmarks/apply_throughput.py [--size 8192] [--repeats 2]``; writes
 benchmarks/results/apply_throughput.md (``--out``). ``--profile`` prints a per-stage breakdown
@@ -192,7 +194,14 @@ def _child_main(args: argparse.Namespace) -> None:
     else:
         {"floor": run_floor, "floor-f32": run_floor_f32, "engine": run_engine,
          "index": run_index}[args.variant](args.src, args.out, args.chunk)
-    print(time.perf_counter() - start)  # compute time, read by child()
+    seconds = time.perf_counter() - start
+    print(seconds, _peak_rss_kib())  # read by child()
+
+
+def _peak_rss_kib() -> int:
+    """This process's peak resident set (VmHWM, KiB): its own, not inherited at exec."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 
 
 # -- parent ----------------------------------------------------------------------------------
@@ -210,12 +219,13 @@ def child(variant: str, src: str, out: str, chunk: int, model: str) -> dict:
         stdout=subprocess.PIPE, text=True,
     )
     text = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    status = proc.wait()
     wall = time.perf_counter() - start
     if status != 0:
         raise SystemExit(f"{variant} failed with status {status}: {text[-2000:]}")
-    return {"variant": variant, "wall": wall, "compute": float(text.split()[-1]),
-            "rss": usage.ru_maxrss / 1024, "load": (load + os.getloadavg()[0]) / 2}
+    seconds, rss_kib = text.split()[-2:]
+    return {"variant": variant, "wall": wall, "compute": float(seconds),
+            "rss": int(rss_kib) / 1024, "load": (load + os.getloadavg()[0]) / 2}
 
 
 def _input(workdir: str, size: int) -> str:
