@@ -18,6 +18,7 @@ import torch
 
 from ndgeo.bands import select_bands
 from ndgeo.checkpoint import load_model
+from ndgeo.device import resolve_device
 from ndgeo.engine import cached_load
 from ndgeo.errors import NdgeoError
 from ndgeo.formula import (
@@ -31,17 +32,6 @@ from ndgeo.formula import (
 from ndgeo.raster import RasterInfo
 
 OUTPUTS = ("class", "proba", "indices")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA if available else CPU; ``cuda`` without a GPU is a user error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise NdgeoError("--device cuda requested but no CUDA GPU is available; use --device cpu")
-    if device not in ("cpu", "cuda"):
-        raise NdgeoError(f"--device must be auto, cpu or cuda, got {device!r}")
-    return torch.device(device)
 
 
 def batches(n: int, batch_size: int) -> Iterator[slice]:

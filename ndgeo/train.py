@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ndgeo.device import resolve_device
 from ndgeo.errors import NdgeoError
 from ndgeo.labels import TrainingPixels
 from ndgeo.metrics import classification_report, predict_logits
@@ -178,17 +179,6 @@ class TrainResult:
                          "init_pairs": [list(p) for p in self.init_pairs]},
             "metrics": self.metrics,
         }
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise NdgeoError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
-    if device not in ("cpu", "cuda"):
-        raise NdgeoError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    return torch.device(device)
 
 
 def train_model(

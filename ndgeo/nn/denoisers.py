@@ -26,24 +26,28 @@ def _pad(x: torch.Tensor, left: int, right: int, top: int, bottom: int) -> torch
 
 @register_model("dncnn")
 class DnCNN(nn.Module):
-    """DnCNN (Zhang et al. 2017): conv-ReLU, (depth - 2) x conv-BN-ReLU, conv; predicts the noise.
+    """DnCNN (Zhang et al. 2017): conv-ReLU, (depth - 2) x conv-[BN]-ReLU, conv; predicts the noise.
 
     Output = input - noise. Zero padding (the mean in WNE-normalized space).
-    ``receptive_field = depth`` (one pixel per 3x3 convolution).
+    ``receptive_field = depth`` (one pixel per 3x3 convolution). ``batchnorm=False`` (default) is
+    FDnCNN: biases instead of BatchNorm, which trains faster and more stably with the small
+    batches a CPU affords (benchmarks/results/wne_mismatch.md); ``True`` is the paper's DnCNN.
     """
 
-    def __init__(self, channels: int, depth: int = 8, width: int = 32) -> None:
+    def __init__(
+        self, channels: int, depth: int = 8, width: int = 32, batchnorm: bool = False
+    ) -> None:
         super().__init__()
         if depth < 2:
             raise NdgeoError(f"DnCNN depth must be >= 2, got {depth}")
         self.channels, self.depth, self.width = channels, depth, width
+        self.batchnorm = batchnorm
         layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
         for _ in range(depth - 2):
-            layers += [
-                nn.Conv2d(width, width, 3, padding=1, bias=False),
-                nn.BatchNorm2d(width),
-                nn.ReLU(inplace=True),
-            ]
+            layers.append(nn.Conv2d(width, width, 3, padding=1, bias=not batchnorm))
+            if batchnorm:
+                layers.append(nn.BatchNorm2d(width))
+            layers.append(nn.ReLU(inplace=True))
         layers.append(nn.Conv2d(width, channels, 3, padding=1, bias=False))
         self.noise = nn.Sequential(*layers)
         self.receptive_field = depth
@@ -52,9 +56,13 @@ class DnCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x - self.noise(x)
 
+    def residual_output(self) -> nn.Conv2d:
+        """The last layer of the residual branch (zeroed by :func:`start_at_identity`)."""
+        return self.noise[-1]
+
     def config(self) -> dict:
         return {"kind": "dncnn", "channels": self.channels, "depth": self.depth,
-                "width": self.width}
+                "width": self.width, "batchnorm": self.batchnorm}
 
 
 def _partition(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -207,6 +215,10 @@ class WindowTransformer(nn.Module):
         f = self.norm(f).permute(0, 3, 1, 2)
         return (x + self.out(shallow + f))[..., :height, :width]
 
+    def residual_output(self) -> nn.Conv2d:
+        """The last layer of the residual branch (zeroed by :func:`start_at_identity`)."""
+        return self.out
+
     def config(self) -> dict:
         return {"kind": "transformer", "channels": self.channels, "dim": self.dim,
                 "window": self.window, "depth": self.depth, "heads": self.heads,
@@ -288,6 +300,23 @@ BACKBONES: dict[str, type[nn.Module]] = {
     "transformer": WindowTransformer,
     "ne-arch": NEArch,
 }
+
+
+def start_at_identity(model: nn.Module) -> nn.Module:
+    """Zero the last layer of the residual branch of ``model`` (or of its WNE backbone), in place,
+    so that training starts from the identity, a good denoiser at low noise.
+
+    With the default random init the noise branch first outputs noise of its own, which the
+    optimizer spends its first hundreds of steps undoing (a CPU budget then ends at the identity).
+    NEArch (no ``residual_output``) keeps Herbreteau et al.'s init. Returns ``model``.
+    """
+    net = model.backbone if isinstance(model, WNE) else model
+    if hasattr(net, "residual_output"):
+        layer = net.residual_output()
+        nn.init.zeros_(layer.weight)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
+    return model
 
 
 def build_denoiser(

@@ -1,0 +1,18 @@
+"""Choosing the torch device from a ``--device`` option."""
+
+from __future__ import annotations
+
+import torch
+
+from ndgeo.errors import NdgeoError
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a user error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise NdgeoError("--device cuda requested but no CUDA GPU is available; use --device cpu")
+    if device not in ("cpu", "cuda"):
+        raise NdgeoError(f"--device must be auto, cpu or cuda, got {device!r}")
+    return torch.device(device)
