@@ -396,7 +396,8 @@ def report(results: list[dict], quick: bool, meta: dict) -> str:
             "fixed constant of the scene subtracted (clip at 0) before the ND layer — not "
             "learned, not per pixel, so ratio invariance of what follows is kept. `metadata "
             "offset`: the product's documented C2 L2 offset (0.2 / 2.75e-5 DN per band). "
-            "Noise is applied to the stored DN before the offset.", ""]
+            "Noise multiplies the reflectance (re-encoded as DN) before the offset is "
+            "subtracted.", ""]
     rows = []
     base_acc = None
     for label, _, _ in ABLATION:

@@ -162,31 +162,54 @@ class ModelProcessor:
 
     def __call__(self, block: np.ndarray, valid: np.ndarray) -> np.ndarray:
         device = resolve_device(self.device)
+        if device.type == "cpu":
+            _one_torch_thread()
         if self.denoiser is not None:
             block = self.denoiser.denoise(block, valid)
-        c, height, width = block.shape
-        out = np.full((self.out_count, height, width), self.out_nodata, dtype=self.out_dtype)
-        pixels = block[:, valid].T  # (N, C)
-        pixels = np.clip(pixels, 0, None)  # reflectance below 0 is clamped, as in training
+        out = np.full((self.out_count, *block.shape[1:]), self.out_nodata, dtype=self.out_dtype)
+        # (N, C) valid pixels; reflectance below 0 is clipped to 0, as in training.
+        pixels = np.ascontiguousarray(np.clip(block[:, valid].T, 0, None), dtype=np.float32)
         if len(pixels) == 0:
             return out
         model = self._model().to(device)
-        results = []
-        want_logits = "class" in self.outputs or "proba" in self.outputs
-        if want_logits:
+        if self.outputs == ["class"]:
+            # argmax of the logits: no softmax needed for class ids.
+            logits = run_batched(model, pixels, self.batch_size, device)
+            out[0, valid] = logits.argmax(axis=1) + 1
+            return out
+        proba = None
+        if "class" in self.outputs or "proba" in self.outputs:
             proba = run_batched(lambda b: torch.softmax(model(b), dim=1), pixels,
                                 self.batch_size, device)
+        band = 0
         for o in self.outputs:
             if o == "class":
-                results.append(np.argmax(proba, axis=1)[:, None].astype(np.float64) + 1)
+                out[band, valid] = proba.argmax(axis=1) + 1
+                band += 1
             elif o == "proba":
-                results.append(np.round(proba * 250) if self.quantize_proba
-                               and self.outputs == ["proba"] else proba)
+                values = np.round(proba * 250) if self.out_dtype == "uint8" else proba
+                out[band : band + proba.shape[1], valid] = values.T
+                band += proba.shape[1]
             else:
-                results.append(run_batched(model.indices, pixels, self.batch_size, device))
-        values = np.concatenate(results, axis=1).T.astype(self.out_dtype)
-        out[:, valid] = values
+                values = run_batched(model.indices, pixels, self.batch_size, device)
+                out[band : band + values.shape[1], valid] = values.T
+                band += values.shape[1]
         return out
+
+
+_THREADS_SET = False
+
+
+def _one_torch_thread() -> None:
+    """The engine already runs one task per core: one torch thread per task, not N x N.
+
+    Set once per process (torch's thread count is process-wide); two threads per task on two
+    cores made CPU inference 3.6x slower (benchmarks/apply_throughput.py --profile).
+    """
+    global _THREADS_SET
+    if not _THREADS_SET:
+        torch.set_num_threads(1)
+        _THREADS_SET = True
 
 
 def _rgb(color) -> tuple[int, int, int]:

@@ -67,12 +67,15 @@ def scene(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def denoisers(scene):
-    """One tiny WNE denoiser per backbone, trained for a few steps through the CLI."""
+    """One tiny WNE denoiser per backbone, trained for a few steps through the CLI. Training starts
+    at the identity; a large learning rate moves the models far from it in 4 steps, so that their
+    output depends on the whole receptive field (the tiling tests would be vacuous otherwise)."""
     out = {}
     for name, extra in TINY.items():
         path = scene["root"] / f"{name}.safetensors"
         result = cli("denoise", "train", scene["tiled"], "-o", path, "--backbone", name,
-                     "--sigma", "2%", "--steps", 4, "--patch", 32, "--batch-size", 4, *extra)
+                     "--sigma", "2%", "--steps", 4, "--patch", 32, "--batch-size", 4, "--lr", 0.03,
+                     *extra)
         assert result.exit_code == 0, result.output
         out[name] = path
     return out
@@ -149,14 +152,15 @@ def test_tiled_apply_equals_whole_image(scene, denoisers, tmp_path, backbone, ch
 
 
 def test_tiles_without_halo_differ(scene, denoisers, tmp_path):
-    """The equality above is not vacuous: the same run with no halo leaves seams."""
+    """The equality above is not vacuous: the same run with no halo leaves seams ten times the
+    tolerance of the equality tests."""
     info = open_raster(scene["tiled"])
     processor, positions, _ = lib.denoise_processor(denoisers["dncnn"], info, out_dtype="float32")
     engine.run(dataclasses.replace(processor, halo=0), info, positions, tmp_path / "o.tif",
                chunk_size=32)
     reference, valid = whole_reference(processor, scene["tiled"])
     seams = np.abs(read(tmp_path / "o.tif")[0][:, valid] - reference[:, valid]).max()
-    assert seams > 1e-2 * processor.data_range
+    assert seams > 1e-3 * processor.data_range
 
 
 def test_striped_file_chunks_are_aligned(scene, denoisers, tmp_path):
@@ -258,11 +262,13 @@ def test_evaluate_reports_psnr_and_wne_tracks_scaled_noise(scene, tmp_path):
         for i, name in enumerate(names, start=1):
             dst.set_band_description(i, name)
     results = {}
+    # Training starts at the identity (NE, like WNE); a high training noise moves the models away
+    # from it within a few steps, so that the unwrapped one has something to get wrong.
     for flag in ("--wne", "--no-wne"):
         model = tmp_path / f"{flag}.safetensors"
-        assert cli("denoise", "train", scene["tiled"], "-o", model, flag, "--sigma", "2%",
-                   "--steps", 6, "--patch", 32, "--batch-size", 4, "--depth", 3,
-                   "--width", 8).exit_code == 0
+        assert cli("denoise", "train", scene["tiled"], "-o", model, flag, "--sigma", "20%",
+                   "--steps", 15, "--patch", 32, "--batch-size", 4, "--lr", 0.01,
+                   "--depth", 3, "--width", 8).exit_code == 0
         runs = []
         for image, sigmas in ((scene["tiled"], "1x,5x"), (scaled, "5x")):
             result = cli("denoise", "evaluate", model, image, "--sigmas", sigmas, "--draws", 2,

@@ -16,7 +16,6 @@ from ndgeo.cli.train import print_formulas, print_metrics
 from ndgeo.errors import NdgeoError
 from ndgeo.labels import load_many
 from ndgeo.raster import open_raster
-from ndgeo.report import training_report
 from ndgeo.sample import SampleScene, describe_scene, make_sample, validate_sample
 from ndgeo.train import TrainConfig, train_model
 
@@ -93,6 +92,8 @@ def demo(
     pixels = load_many([(image, labels)], seed=seed)
     result = train_model(pixels, TrainConfig(epochs=epochs, seed=seed))
     save_model(model_path, result.model, result.metadata())
+    from ndgeo.report import training_report  # matplotlib: only when needed
+
     training_report(result, out / "model.png")
     if not quiet:
         print_metrics(result.metrics, result.classes, "validation (block split)")

@@ -29,9 +29,10 @@ class DnCNN(nn.Module):
     """DnCNN (Zhang et al. 2017): conv-ReLU, (depth - 2) x conv-[BN]-ReLU, conv; predicts the noise.
 
     Output = input - noise. Zero padding (the mean in WNE-normalized space).
-    ``receptive_field = depth`` (one pixel per 3x3 convolution). ``batchnorm=False`` (default) is
-    FDnCNN: biases instead of BatchNorm, which trains faster and more stably with the small
-    batches a CPU affords (benchmarks/results/wne_mismatch.md); ``True`` is the paper's DnCNN.
+    ``receptive_field = depth`` (one pixel per 3x3 convolution). ``batchnorm=False`` (default)
+    drops BatchNorm, which trains faster with the small batches a CPU affords; ``True`` is the
+    paper's DnCNN. The inner convolutions have no bias either way (with biases and no BatchNorm
+    the unwrapped model stayed at the identity for 500 steps: benchmarks/results/wne_mismatch.md).
     """
 
     def __init__(
@@ -44,7 +45,7 @@ class DnCNN(nn.Module):
         self.batchnorm = batchnorm
         layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
         for _ in range(depth - 2):
-            layers.append(nn.Conv2d(width, width, 3, padding=1, bias=not batchnorm))
+            layers.append(nn.Conv2d(width, width, 3, padding=1, bias=False))
             if batchnorm:
                 layers.append(nn.BatchNorm2d(width))
             layers.append(nn.ReLU(inplace=True))
