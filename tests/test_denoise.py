@@ -267,7 +267,7 @@ def test_evaluate_reports_psnr_and_wne_tracks_scaled_noise(scene, tmp_path):
     for flag in ("--wne", "--no-wne"):
         model = tmp_path / f"{flag}.safetensors"
         assert cli("denoise", "train", scene["tiled"], "-o", model, flag, "--sigma", "20%",
-                   "--steps", 15, "--patch", 32, "--batch-size", 4, "--lr", 0.01,
+                   "--steps", 30, "--patch", 32, "--batch-size", 4, "--lr", 0.01,
                    "--depth", 3, "--width", 8).exit_code == 0
         runs = []
         for image, sigmas in ((scene["tiled"], "1x,5x"), (scaled, "5x")):
@@ -284,9 +284,9 @@ def test_evaluate_reports_psnr_and_wne_tracks_scaled_noise(scene, tmp_path):
     assert one["input_psnr"] == pytest.approx(20 * math.log10(peak / sigma), abs=0.1)
     assert one["input_psnr"] - five["input_psnr"] == pytest.approx(20 * math.log10(5), abs=0.1)
     assert all(math.isfinite(r["output_psnr"]) for r in (one, five, scaled_five))
-    assert scaled_five["output_psnr"] == pytest.approx(one["output_psnr"], abs=0.01)
+    assert scaled_five["output_psnr"] == pytest.approx(one["output_psnr"], abs=1e-3)
     (plain_one, _), (plain_scaled,) = results["--no-wne"]
-    assert abs(plain_scaled["output_psnr"] - plain_one["output_psnr"]) > 0.1
+    assert abs(plain_scaled["output_psnr"] - plain_one["output_psnr"]) > 1e-2
 
 
 # --- user errors: one line, exit 2, nothing written -------------------------------------------
