@@ -46,8 +46,8 @@ def batches(n: int, batch_size: int) -> Iterator[slice]:
 def run_batched(fn, x: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
     """``fn`` over rows of ``x`` (N, C) in batches on ``device``; returns CPU float32 (N, K).
 
-    On CUDA the host batch is pinned and copied without blocking, so the copy of one batch
-    overlaps the previous batch's compute; results come back to the CPU batch by batch.
+    On CUDA the host batch is pinned and copied without blocking; each batch's result comes
+    back to the CPU before the next batch is sent (no overlap between batches).
     """
     outs = []
     cuda = device.type == "cuda"
@@ -61,9 +61,15 @@ def run_batched(fn, x: np.ndarray, batch_size: int, device: torch.device) -> np.
     return np.concatenate(outs, axis=0)
 
 
-def model_bands(meta: dict) -> list[str]:
-    """Band names a model was trained on, in its input order."""
-    return [b["name"] for b in meta.get("bands", [])]
+def require_classifier(meta: dict, path: str | os.PathLike) -> str:
+    """The model kind (``nd`` or ``mlp``); any other model file is a user error."""
+    kind = meta.get("config", {}).get("kind")
+    if kind not in ("nd", "mlp"):
+        raise NdgeoError(
+            f"{path} is a {kind!r} model, not a pixel classifier; denoisers go to "
+            "`ndgeo denoise apply|evaluate` or `ndgeo apply --denoise`"
+        )
+    return kind
 
 
 def match_model_bands(meta: dict, image: RasterInfo) -> list[int]:
@@ -80,11 +86,6 @@ def match_model_bands(meta: dict, image: RasterInfo) -> list[int]:
         return select_bands(wanted, image.bands)
     except NdgeoError as err:
         raise NdgeoError(f"{err} (the model needs: {', '.join(names)})") from None
-
-
-def _load(path: str):
-    model, meta = load_model(path)
-    return model, meta
 
 
 @dataclass
@@ -113,6 +114,8 @@ class ModelProcessor:
     colormap: dict | None = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.batch_size < 1:  # checked here, not in the first task: fail before any I/O
+            raise NdgeoError(f"--batch-size must be >= 1, got {self.batch_size}")
         outputs = list(dict.fromkeys(self.outputs))
         bad = [o for o in outputs if o not in OUTPUTS]
         if bad or not outputs:
@@ -158,7 +161,7 @@ class ModelProcessor:
             self.out_dtype, self.out_nodata = "float32", float("nan")
 
     def _model(self):
-        return cached_load(self.model_path, _load)[0]
+        return cached_load(self.model_path, load_model)[0]
 
     def __call__(self, block: np.ndarray, valid: np.ndarray) -> np.ndarray:
         device = resolve_device(self.device)
@@ -218,12 +221,6 @@ def _rgb(color) -> tuple[int, int, int]:
     if isinstance(color, list | tuple) and len(color) >= 3:
         return tuple(int(v) for v in color[:3])  # type: ignore[return-value]
     return (128, 128, 128)
-
-
-def open_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
-    """Load a model file (safe, no code execution) for use in the main process."""
-    return load_model(path)
-
 
 
 @dataclass
@@ -335,22 +332,17 @@ def model_processor(
     """
     resolve_device(device)  # fail early on --device cuda without a GPU
     model, meta = load_model(model_path)
-    kind = meta.get("config", {}).get("kind")
-    if kind not in ("nd", "mlp"):
-        raise NdgeoError(
-            f"{model_path} is a {kind!r} model, not a pixel classifier; denoisers go to "
-            "`ndgeo denoise apply` or `ndgeo apply --denoise`"
-        )
+    kind = require_classifier(meta, model_path)
     positions = match_model_bands(meta, image)
     descriptions: list[str] = []
-    if meta.get("config", {}).get("kind") == "nd":
+    if kind == "nd":
         descriptions = [to_plain(f) for f in model_formulas(model, meta)]
     stage = None
     halo = 0
     if denoiser is not None:
         from ndgeo.denoise import denoise_stage
 
-        stage = denoise_stage(denoiser, image, positions, chunk_size=chunk_size)
+        stage = denoise_stage(denoiser, image, positions, chunk_size=chunk_size, device=device)
         halo = stage.halo
     processor = ModelProcessor(
         os.path.abspath(model_path), meta, outputs=outputs, batch_size=batch_size,

@@ -99,11 +99,6 @@ def normalize_sensor(sensor: str) -> str:
     return SENSOR_ALIASES[key]
 
 
-def _canonical_id(name: str) -> str:
-    """Sensor band ids as written in the tables: 'b8' -> 'B08' for Sentinel-2 style ids."""
-    return name.strip().upper()
-
-
 def _sentinel2_id(name: str) -> str | None:
     m = re.fullmatch(r"B0?(\d{1,2}A?)", name.strip().upper())
     if not m:

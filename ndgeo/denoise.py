@@ -334,10 +334,6 @@ def load_denoiser(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     return model, meta
 
 
-def _load(path: str) -> tuple[nn.Module, dict]:
-    return load_denoiser(path)
-
-
 def _to_output(values: np.ndarray, valid: np.ndarray, dtype: str, nodata: float) -> np.ndarray:
     """Round and clip to ``dtype``; valid pixels never take the nodata value (moved by one step)."""
     kind = np.dtype(dtype).kind
@@ -398,7 +394,7 @@ class DenoiseProcessor:
     def denoise_bands(self, block: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Denoise a block holding exactly the denoiser's bands."""
         device = resolve_device(self.device)
-        model = engine.cached_load(self.denoiser_path, _load, key="denoiser")[0].to(device)
+        model = engine.cached_load(self.denoiser_path, load_denoiser, key="denoiser")[0].to(device)
         y = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(device)[None]
         mask = torch.from_numpy(np.ascontiguousarray(valid)).to(device)[None, None]
         u = ((y.double() - self.data_min) / self.data_range).float()
@@ -456,8 +452,9 @@ def denoise_processor(
     Bands are matched by name to the denoiser's. The scene statistics are computed here, once,
     with :func:`ndgeo.engine.scene_statistics` (``stats_options``: scheduler, workers, ...);
     ``compute_stats=False`` (dry runs) leaves them at 0. ``out_dtype="same"`` keeps the input
-    type (rounded and clipped). Output nodata: the input's, else NaN for float output or the
-    type's minimum for integer output.
+    type (rounded and clipped). Output nodata: the input's (it must fit the output type; a
+    NaN one counts as none for integer output), else NaN for float output or the type's minimum
+    for integer output.
     """
     resolve_device(device)
     model, meta = load_denoiser(denoiser_path)
@@ -466,14 +463,13 @@ def denoise_processor(
     if dtype not in SUPPORTED_DTYPES:
         raise NdgeoError(f"--dtype must be same or one of {', '.join(SUPPORTED_DTYPES)}, "
                          f"got {out_dtype!r}")
-    if image.nodata is not None:
+    integer = np.dtype(dtype).kind in "iu"
+    if image.nodata is not None and not (integer and math.isnan(image.nodata)):
         nodata = image.nodata
         if not math.isnan(nodata):
             check_nodata(nodata, dtype, what=f"input nodata for --dtype {dtype}")
-    elif np.dtype(dtype).kind == "f":
-        nodata = float("nan")
-    else:
-        nodata = float(np.iinfo(dtype).min)
+    else:  # no input nodata, or a NaN one that an integer type cannot hold
+        nodata = float(np.iinfo(dtype).min) if integer else float("nan")
     align = int(getattr(model, "tile_alignment", 1))
     chunk = aligned_chunk_size(chunk_size, image, align)
     mean: tuple[float, ...] = (0.0,)

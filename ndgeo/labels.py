@@ -443,12 +443,15 @@ def _raster_label_tiles(src, labels_path: Path):
     if not np.issubdtype(np.dtype(lab.dtypes[0]), np.integer):
         notes.append(f"label raster {labels_path.name} is {lab.dtypes[0]}; values are truncated")
     value_names = _tag_class_names(lab.tags().get("CLASSES"), labels_path, notes)
-    unlabeled = {0} | ({int(lab.nodata)} if lab.nodata is not None else set())
+    # A NaN nodata needs no entry: non-finite label values become 0 (unlabelled) when read.
+    unlabeled = {0} | ({int(lab.nodata)} if lab.nodata is not None and lab.nodata == lab.nodata
+                       else set())
 
     def tiles():
         try:
             for window in _tiles(src.height, src.width):
-                codes = reader.read(1, window=window).astype("int64")
+                values = reader.read(1, window=window)
+                codes = np.nan_to_num(values, nan=0, posinf=0, neginf=0).astype("int64")
                 codes[np.isin(codes, list(unlabeled)) | (codes < 0)] = 0
                 yield window, codes
         finally:

@@ -202,6 +202,27 @@ def test_default_dtype_nodata_and_statistics_ignore_fill(scene, denoisers, tmp_p
                                   exact[:, ~invalid])
 
 
+def test_nan_nodata_input_to_integer_output_uses_type_minimum(scene, denoisers, tmp_path):
+    """A float input with NaN nodata written as int32: NaN cannot be the output nodata, so the
+    type's minimum is, and the invalid pixels carry it."""
+    with rasterio.open(scene["tiled"]) as src:
+        data, profile, names = src.read().astype("float32"), src.profile, src.descriptions
+    invalid = (data == 0).any(axis=0)
+    data[:, invalid] = np.nan
+    profile.update(dtype="float32", nodata=float("nan"))
+    nan_path, out = tmp_path / "nan.tif", tmp_path / "int.tif"
+    with rasterio.open(nan_path, "w", **profile) as dst:
+        dst.write(data)
+        dst.descriptions = names
+    result = cli("denoise", "apply", denoisers["dncnn"], nan_path, "-o", out, "--dtype", "int32",
+                 "--chunk-size", 32)
+    assert result.exit_code == 0, result.output
+    values, nodata, _ = read(out)
+    low = np.iinfo(np.int32).min
+    assert values.dtype == np.int32 and nodata == low
+    assert (values[:, invalid] == low).all() and (values[:, ~invalid] > low).all()
+
+
 # --- apply --denoise --------------------------------------------------------------------------
 
 
@@ -306,6 +327,9 @@ def test_user_errors_exit_2_and_write_nothing(scene, denoisers, tmp_path):
         (("denoise", "train", scene["tiled"], "-o", existing, "--sigma", "2%"), "exists"),
         (("denoise", "evaluate", denoisers["dncnn"], scene["tiled"], "--sigmas", "fast"),
          "noise level"),
+        (("evaluate", denoisers["dncnn"], scene["tiled"], scene["sample"].labels_raster),
+         "not a pixel classifier"),
+        (("formula", denoisers["dncnn"]), "no learned indices"),
     ]
     if not torch.cuda.is_available():
         cases.append((("denoise", "apply", denoisers["dncnn"], scene["tiled"], "-o", out,

@@ -116,6 +116,17 @@ def test_label_raster_on_coarser_grid_is_resampled_nearest(tmp_path):
     assert got == expected
 
 
+def test_float_label_raster_with_nan_nodata(tmp_path):
+    """NaN (the usual float nodata) marks unlabelled pixels; it is not a class."""
+    img = write_image(tmp_path / "img.tif", coded_image())
+    lab = np.full((1, 40, 50), np.nan, "float32")
+    lab[0, 2:4, 3:5] = 1
+    lab[0, 10, 10:13] = 2
+    write_image(tmp_path / "lab.tif", lab, nodata=float("nan"))
+    p = load_training_pixels(img, tmp_path / "lab.tif")
+    assert p.class_counts == {"1": 4, "2": 3}
+
+
 def test_label_raster_in_other_crs_is_reprojected(tmp_path):
     img = write_image(tmp_path / "img.tif", coded_image())
     # A geographic label raster over the image, two classes in halves.

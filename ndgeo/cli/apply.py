@@ -23,6 +23,7 @@ _CO = typer.Option(None, "--co", help="GDAL creation option KEY=VALUE (repeatabl
 _CONFIG = typer.Option(None, "--config", help="GDAL configuration option KEY=VALUE for reading/writing, set on every worker (repeatable).")
 _COG = typer.Option(False, "--cog", help="Write a Cloud-Optimized GeoTIFF (with overviews).")
 _OVERWRITE = typer.Option(False, "--overwrite", help="Replace OUT if it exists.")
+_DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 _DRY = typer.Option(False, "--dry-run", help="Print the plan (chunks, output profile, memory estimate) as JSON and exit.")
 
 
@@ -58,7 +59,7 @@ def apply_cmd(
     quantize: bool = typer.Option(False, "--quantize", help="Write probabilities as uint8 (value/250) instead of float32."),
     denoise: Path | None = typer.Option(None, "--denoise", help="Denoiser file (`ndgeo denoise train`) applied before the model, in the same pass."),
     batch_size: int = typer.Option(65536, "--batch-size", help="Pixels per model batch (compute unit)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = _DEVICE,
     bands: str | None = _BANDS,
     sensor: str | None = _SENSOR,
     nodata: float | None = _NODATA,

@@ -19,6 +19,7 @@ from ndgeo.cli.apply import (
     _CO,
     _COG,
     _CONFIG,
+    _DEVICE,
     _DRY,
     _NODATA,
     _OVERWRITE,
@@ -33,8 +34,6 @@ from ndgeo.writer import check_output
 
 denoise_app = typer.Typer(help="Train and apply WNE-wrapped denoisers.", no_args_is_help=True)
 app.add_typer(denoise_app, name="denoise")
-
-_DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import typer
@@ -9,9 +10,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ndgeo import formula as fm
+from ndgeo.apply import require_classifier
 from ndgeo.checkpoint import load_model, save_model
 from ndgeo.cli._app import app, console, err_console, is_quiet
 from ndgeo.cli._common import parse_list, print_json
+from ndgeo.cli.apply import _DEVICE, _NODATA, _SENSOR
 from ndgeo.errors import NdgeoError
 from ndgeo.labels import load_many, read_manifest
 from ndgeo.metrics import evaluate_model, noise_robustness
@@ -19,6 +22,7 @@ from ndgeo.train import TrainConfig, compare_models, train_model
 from ndgeo.writer import check_output
 
 _PRECISION = typer.Option(3, "--precision", help="Decimal places of printed coefficients.")
+_BAND_NAMES = typer.Option(None, "--band-names", help="Name every image band (comma-separated), overriding its descriptions.")
 _THRESHOLD = typer.Option(0.05, "--threshold", help="Drop terms below this fraction of an index's largest weight (the dropped share is reported).")
 
 
@@ -98,9 +102,9 @@ def train(
     manifest: Path | None = typer.Option(None, "--manifest", help="CSV (image,labels per line) or TOML ([[scene]] image=, labels=) listing scenes."),
     label_field: str = typer.Option("class", "--label-field", help="Attribute holding the class of vector labels (string or integer)."),
     bands: str | None = typer.Option(None, "--bands", help="Bands to train on (names, ASI letters or 1-based indexes, comma-separated); default all."),
-    band_names: str | None = typer.Option(None, "--band-names", help="Name every image band (comma-separated), overriding its descriptions."),
-    sensor: str | None = typer.Option(None, "--sensor", help="Sensor preset for band ids: sentinel-2, landsat-8, landsat-7, generic."),
-    nodata: float | None = typer.Option(None, "--nodata", help="Input nodata value, overriding the file's."),
+    band_names: str | None = _BAND_NAMES,
+    sensor: str | None = _SENSOR,
+    nodata: float | None = _NODATA,
     negative: str = typer.Option("clip", "--negative", help="Negative reflectance: clip (to 0) or exclude the pixel."),
     model: str = typer.Option("nd", "--model", help="nd (ND-layer classifier) or mlp (baseline)."),
     indices: int = typer.Option(8, "--indices", help="Learned indices in the first ND layer."),
@@ -116,7 +120,7 @@ def train(
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of pixels held out for validation."),
     max_pixels: int | None = typer.Option(None, "--max-pixels", help="Sample at most this many labeled pixels (drawn while reading)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the split, initialisation and batches."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = _DEVICE,
     report: Path | None = typer.Option(None, "--report", help="PNG with coefficient heatmap, confusion matrix and learning curves (default: next to the model)."),
     no_report: bool = typer.Option(False, "--no-report", help="Do not draw the PNG report."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the model file if it exists."),
@@ -145,7 +149,7 @@ def train(
     for name in pixels.small_classes():
         err_console.print(f"[yellow]warning:[/] class {name!r} has few labeled pixels")
     bar, progress = _epoch_progress(quiet, epochs)
-    with bar or _Null():
+    with bar or nullcontext():
         if compare:
             results = compare_models(pixels, config, progress=progress, log=log)
         else:
@@ -168,17 +172,8 @@ def train(
             table.add_row(r.config.model, f"{m['overall_accuracy']:.4f}", f"{m['macro_f1']:.4f}",
                           f"{m['kappa']:.4f}", str(r.n_parameters), f"{r.train_seconds:.1f}")
         console.print(table)
-    print_formulas(result.model, {**meta, "config": result.model.config()},
-                    threshold=threshold, precision=precision)
+    print_formulas(result.model, meta, threshold=threshold, precision=precision)
     console.print(f"wrote [bold]{out_path}[/]" + (f" and {report_path}" if report_path else ""))
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 @app.command()
@@ -205,9 +200,9 @@ def evaluate(
     image: Path = typer.Argument(..., help="Multispectral GeoTIFF."),
     labels: Path = typer.Argument(..., help="Labels (class raster or vector file) with the model's class names."),
     label_field: str = typer.Option("class", "--label-field", help="Attribute holding the class of vector labels."),
-    band_names: str | None = typer.Option(None, "--band-names", help="Name every image band (comma-separated), overriding its descriptions."),
-    sensor: str | None = typer.Option(None, "--sensor", help="Sensor preset for band ids."),
-    nodata: float | None = typer.Option(None, "--nodata", help="Input nodata value, overriding the file's."),
+    band_names: str | None = _BAND_NAMES,
+    sensor: str | None = _SENSOR,
+    nodata: float | None = _NODATA,
     noise_levels: str | None = typer.Option(None, "--noise-levels", help="Multiplicative noise levels, e.g. 0,0.02,0.05,0.1: x*(1+s*N(0,1))."),
     noise_mode: str = typer.Option("band", "--noise-mode", help="band (per band and pixel) or global (one factor per pixel)."),
     draws: int = typer.Option(10, "--draws", help="Noise draws averaged per level."),
@@ -216,6 +211,7 @@ def evaluate(
 ) -> None:
     """Accuracy, kappa, per-class F1 and confusion matrix on a labeled scene (optionally under noise)."""
     net, meta = load_model(model)
+    require_classifier(meta, model)
     classes = [c["name"] for c in meta["classes"]]
     pixels = load_many([(image, labels)], label_field=label_field,
                        bands=[b["name"] for b in meta["bands"]],

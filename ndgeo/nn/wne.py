@@ -6,10 +6,12 @@ all bands and pixels (the paper's choice and the default). ``pooling="band"`` co
 per band instead: a stronger prior (equivariance to independent per-band gains and offsets) that
 discards absolute inter-band levels; use it only against per-band calibration drift.
 
-Statistics are accumulated in float64 and never detached. For tiled inference the engine computes
-scene statistics once (``block_moments`` per block, ``combine_moments``, ``moments_to_stats``: the
-same definition as ``wne_stats``) and passes them to every tile with ``forward(..., stats=...)``;
-with a halo >= the backbone's receptive field the mosaic then equals whole-scene inference.
+Statistics are accumulated in float64 and never detached. For tiled inference scene statistics
+are computed once (masked, float64, the same definition as ``wne_stats``: in numpy by
+:func:`ndgeo.engine.scene_statistics`, or in torch with ``block_moments`` per block,
+``combine_moments`` and ``moments_to_stats``) and passed to every tile with
+``forward(..., stats=...)``; with a halo >= the backbone's receptive field the mosaic then equals
+whole-scene inference.
 """
 
 from __future__ import annotations
