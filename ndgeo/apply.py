@@ -18,7 +18,7 @@ import torch
 
 from ndgeo.bands import select_bands
 from ndgeo.checkpoint import load_model
-from ndgeo.device import resolve_device
+from ndgeo.device import one_torch_thread, resolve_device
 from ndgeo.engine import cached_load
 from ndgeo.errors import NdgeoError
 from ndgeo.formula import (
@@ -166,10 +166,12 @@ class ModelProcessor:
     def __call__(self, block: np.ndarray, valid: np.ndarray) -> np.ndarray:
         device = resolve_device(self.device)
         if device.type == "cpu":
-            _one_torch_thread()
+            one_torch_thread()
         if self.denoiser is not None:
             block = self.denoiser.denoise(block, valid)
         out = np.full((self.out_count, *block.shape[1:]), self.out_nodata, dtype=self.out_dtype)
+        # Pixels that are 0 in every band are nodata to training (ndgeo.labels) too.
+        valid = valid & (block > 0).any(axis=0)
         # (N, C) valid pixels; reflectance below 0 is clipped to 0, as in training.
         pixels = np.ascontiguousarray(np.clip(block[:, valid].T, 0, None), dtype=np.float32)
         if len(pixels) == 0:
@@ -198,21 +200,6 @@ class ModelProcessor:
                 out[band : band + values.shape[1], valid] = values.T
                 band += values.shape[1]
         return out
-
-
-_THREADS_SET = False
-
-
-def _one_torch_thread() -> None:
-    """The engine already runs one task per core: one torch thread per task, not N x N.
-
-    Set once per process (torch's thread count is process-wide); two threads per task on two
-    cores made CPU inference 3.6x slower (benchmarks/apply_throughput.py --profile).
-    """
-    global _THREADS_SET
-    if not _THREADS_SET:
-        torch.set_num_threads(1)
-        _THREADS_SET = True
 
 
 def _rgb(color) -> tuple[int, int, int]:

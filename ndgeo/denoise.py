@@ -33,7 +33,7 @@ from ndgeo import engine
 from ndgeo.apply import match_model_bands
 from ndgeo.bands import select_bands
 from ndgeo.checkpoint import load_model
-from ndgeo.device import resolve_device
+from ndgeo.device import one_torch_thread, resolve_device
 from ndgeo.errors import NdgeoError
 from ndgeo.nn.denoisers import build_denoiser, start_at_identity
 from ndgeo.nn.wne import WNE, wne_stats
@@ -394,6 +394,8 @@ class DenoiseProcessor:
     def denoise_bands(self, block: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Denoise a block holding exactly the denoiser's bands."""
         device = resolve_device(self.device)
+        if device.type == "cpu":
+            one_torch_thread()
         model = engine.cached_load(self.denoiser_path, load_denoiser, key="denoiser")[0].to(device)
         y = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(device)[None]
         mask = torch.from_numpy(np.ascontiguousarray(valid)).to(device)[None, None]

@@ -341,6 +341,8 @@ def run(
     JSON-serialisable dict) is returned.
     """
     positions = _check_bands(image, band_positions)
+    if workers is not None and workers < 1:
+        raise NdgeoError(f"--workers must be >= 1, got {workers}")
     halo = int(getattr(processor, "halo", 0))
     if halo < 0:
         raise ValueError(f"processor halo must be >= 0, got {halo}")
