@@ -37,7 +37,9 @@ def _run(ctx: typer.Context, processor, info, positions, out: Path, *, chunk_siz
     if dry_run:
         print_json(engine.run(processor, info, positions, out, **options))
         return
-    check_output(out, overwrite=overwrite)  # before the progress bar: a refusal is one line
+    # Validate everything (output, bands, options) before the progress bar: a refusal is one line.
+    check_output(out, overwrite=overwrite)
+    engine.run(processor, info, positions, out, **{**options, "dry_run": True})
     quiet = is_quiet(ctx)
     with pixel_progress(what, quiet=quiet) as progress:
         result = engine.run(processor, info, positions, out, progress=progress, **options)
