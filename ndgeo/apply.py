@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +18,7 @@ import torch
 
 from ndgeo.bands import select_bands
 from ndgeo.checkpoint import load_model
-from ndgeo.device import one_torch_thread, resolve_device
+from ndgeo.device import one_torch_thread, resolve_device, run_batched
 from ndgeo.engine import cached_load
 from ndgeo.errors import NdgeoError
 from ndgeo.formula import (
@@ -32,33 +32,6 @@ from ndgeo.formula import (
 from ndgeo.raster import RasterInfo
 
 OUTPUTS = ("class", "proba", "indices")
-
-
-def batches(n: int, batch_size: int) -> Iterator[slice]:
-    """Consecutive slices of at most ``batch_size`` covering ``range(n)``."""
-    if batch_size < 1:
-        raise NdgeoError(f"batch size must be >= 1, got {batch_size}")
-    for start in range(0, n, batch_size):
-        yield slice(start, min(start + batch_size, n))
-
-
-@torch.no_grad()
-def run_batched(fn, x: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
-    """``fn`` over rows of ``x`` (N, C) in batches on ``device``; returns CPU float32 (N, K).
-
-    On CUDA the host batch is pinned and copied without blocking; each batch's result comes
-    back to the CPU before the next batch is sent (no overlap between batches).
-    """
-    outs = []
-    cuda = device.type == "cuda"
-    for part in batches(len(x), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(x[part]))
-        if cuda:
-            batch = batch.pin_memory().to(device, non_blocking=True)
-        outs.append(fn(batch).float().cpu().numpy())
-    if not outs:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(outs, axis=0)
 
 
 def require_classifier(meta: dict, path: str | os.PathLike) -> str:

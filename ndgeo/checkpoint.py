@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from torch import nn
 import ndgeo
 from ndgeo.errors import NdgeoError
 from ndgeo.nn import build_model
+from ndgeo.writer import atomic_path
 
 #: Key of the ndgeo JSON document inside the safetensors ``__metadata__`` header.
 METADATA_KEY = "ndgeo"
@@ -45,14 +45,8 @@ def save_model(path: str | os.PathLike, model: nn.Module, metadata: dict[str, An
         raise NdgeoError(f"model metadata is not JSON-serialisable: {err}") from err
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
 
 
 def _sniff(path: Path) -> None:

@@ -1,7 +1,10 @@
-"""Choosing the torch device from a ``--device`` option."""
+"""The torch device of a run (``--device``), its thread count, and batch-by-batch inference."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import numpy as np
 import torch
 
 from ndgeo.errors import NdgeoError
@@ -32,3 +35,30 @@ def one_torch_thread() -> None:
     if not _ONE_THREAD:
         torch.set_num_threads(1)
         _ONE_THREAD = True
+
+
+def batches(n: int, batch_size: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``batch_size`` covering ``range(n)``."""
+    if batch_size < 1:
+        raise NdgeoError(f"batch size must be >= 1, got {batch_size}")
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+@torch.no_grad()
+def run_batched(fn, x: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+    """``fn`` over rows of ``x`` (N, C) in batches on ``device``; returns CPU float32 (N, K).
+
+    On CUDA the host batch is pinned and copied without blocking; each batch's result comes
+    back to the CPU before the next batch is sent (no overlap between batches).
+    """
+    outs = []
+    cuda = device.type == "cuda"
+    for part in batches(len(x), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(x[part]))
+        if cuda:
+            batch = batch.pin_memory().to(device, non_blocking=True)
+        outs.append(fn(batch).float().cpu().numpy())
+    if not outs:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(outs, axis=0)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ndgeo.device import run_batched
 from ndgeo.errors import NdgeoError
 
 #: Noise levels of the robustness protocol (notes section 8).
@@ -104,15 +105,10 @@ def predict_logits(model: torch.nn.Module, X: np.ndarray, *, batch_size: int = 6
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    X = np.asarray(X, dtype=np.float32)
     try:
-        outs = [
-            model(torch.from_numpy(X[i : i + batch_size]).to(device)).float().cpu().numpy()
-            for i in range(0, len(X), batch_size)
-        ]
+        return run_batched(model, np.asarray(X, dtype=np.float32), batch_size, device)
     finally:
         model.train(was_training)
-    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
 
 def evaluate_model(model: torch.nn.Module, pixels, *, classes: Sequence[str] | None = None) -> dict:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ndgeo.train import TrainResult  # noqa: E402
+from ndgeo.writer import atomic_path  # noqa: E402
 
 
 def coefficient_matrix(result: TrainResult) -> tuple[np.ndarray, list[str], list[str]] | None:
@@ -41,14 +40,8 @@ def training_report(result: TrainResult, path_png: str | Path) -> Path:
             f"{result.config.model.upper()} model, {result.n_parameters} parameters, "
             f"validation accuracy {acc:.3f}" if acc is not None else result.config.model
         )
-        fd, tmp = tempfile.mkstemp(suffix=".png", prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=110, format="png")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
     finally:
         plt.close(fig)
     return path

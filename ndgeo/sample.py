@@ -16,9 +16,6 @@ Everything is deterministic for a seed (one :class:`numpy.random.Generator`).
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +31,7 @@ from scipy import ndimage
 from ndgeo import __version__
 from ndgeo.bands import letter_for
 from ndgeo.errors import NdgeoError
+from ndgeo.writer import atomic_path
 
 #: Sentinel-2 bands of the scene, in file order, with their central wavelengths (nm).
 BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
@@ -149,7 +147,7 @@ def make_sample(
     _write_image(paths["image"], image, transform, seed, size)
     _write_labels_raster(paths["labels_raster"], labels, transform)
     _write_labels_vector(paths["labels_vector"], polygons)
-    with _atomic(paths["truth"]) as tmp:
+    with atomic_path(paths["truth"]) as tmp:
         tmp.write_text(json.dumps(truth, indent=2) + "\n", encoding="utf-8")
     return SampleScene(
         outdir=outdir,
@@ -431,18 +429,6 @@ def _truth(seed: int, size: int, transform: Affine, labels: np.ndarray) -> dict:
 # --------------------------------------------------------------------------- writing
 
 
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    tmp.unlink(missing_ok=True)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_image(path: Path, image: np.ndarray, transform: Affine, seed: int, size: int) -> None:
     profile = {
         "driver": "GTiff",
@@ -460,7 +446,7 @@ def _write_image(path: Path, image: np.ndarray, transform: Affine, seed: int, si
         "predictor": 2,
         "interleave": "pixel",
     }
-    with _atomic(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.write(image)
         dst.descriptions = BANDS
         dst.update_tags(
@@ -497,7 +483,7 @@ def _write_labels_raster(path: Path, labels: np.ndarray, transform: Affine) -> N
         "compress": "deflate",
     }
     names = {str(i): name for i, (name, _) in enumerate(CLASSES, start=1)}
-    with _atomic(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.write(labels, 1)
         dst.descriptions = ("class",)
         dst.write_colormap(
@@ -509,7 +495,7 @@ def _write_labels_raster(path: Path, labels: np.ndarray, transform: Affine) -> N
 def _write_labels_vector(path: Path, polygons: list[tuple[str, shapely.Polygon]]) -> None:
     geometry = np.array([shapely.to_wkb(g) for _, g in polygons], dtype=object)
     names = np.array([name for name, _ in polygons], dtype=object)
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         pyogrio.raw.write(
             str(tmp),
             geometry,

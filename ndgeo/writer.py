@@ -14,7 +14,9 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from types import TracebackType
 
 import numpy as np
@@ -54,6 +56,23 @@ def creation_profile(
         if profile["TILED"].upper() in ("YES", "TRUE") and int(profile[key]) % 16:
             raise NdgeoError(f"{key}={profile[key]} must be a multiple of 16")
     return profile
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A hidden temporary path beside ``path``, renamed onto it only if the block succeeds.
+
+    The suffix is kept (GDAL picks drivers by extension); nothing is created, so any writer can
+    open the name itself. On an exception (or interrupt) the temporary file is removed and
+    ``path`` is untouched. Used by every ndgeo output other than the streamed GeoTIFFs.
+    """
+    target = Path(path)
+    tmp = target.with_name(f".{target.stem}.{secrets.token_hex(4)}.tmp{target.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def check_output(path: str | os.PathLike, *, overwrite: bool = False) -> str:
