@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -22,6 +23,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 _ONE_THREAD = False
+_ONE_THREAD_LOCK = threading.Lock()
 
 
 def one_torch_thread() -> None:
@@ -29,12 +31,14 @@ def one_torch_thread() -> None:
 
     torch's thread count is process-wide, so it is set once; with two torch threads inside each
     of two engine threads, CPU inference ran 3.6x slower (benchmarks/apply_throughput.py
-    --profile). Processors call this on their first CPU task.
+    --profile). Processors call this before any torch work of a task. The lock makes every
+    other engine thread wait until the count is set, so it never changes under a running op.
     """
     global _ONE_THREAD
-    if not _ONE_THREAD:
-        torch.set_num_threads(1)
-        _ONE_THREAD = True
+    with _ONE_THREAD_LOCK:
+        if not _ONE_THREAD:
+            torch.set_num_threads(1)
+            _ONE_THREAD = True
 
 
 def batches(n: int, batch_size: int) -> Iterator[slice]:
