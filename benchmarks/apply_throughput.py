@@ -181,6 +181,8 @@ def run_index(src: str, out: str, chunk: int) -> None:
 def _child_main(args: argparse.Namespace) -> None:
     # Imports belong to start-up ("wall"), not to the timed command ("compute").
     if args.variant in ("apply", "index"):
+        import typer._adapters  # noqa: F401  (pydantic, imported by typer on first parse)
+
         import ndgeo.cli  # noqa: F401
     elif args.variant == "engine":
         import ndgeo.engine  # noqa: F401
@@ -417,12 +419,15 @@ def profile(src: str, model: str, chunk: int, n_windows: int = 12) -> None:
     import torch
 
     from ndgeo import apply as lib
+    from ndgeo.device import batches
     from ndgeo.engine import _lazy_bands, _read, chunk_shape, plan_windows
+    from ndgeo.nn.inference import argmax_rows
     from ndgeo.raster import open_raster, to_float_block
     from ndgeo.writer import GeoTIFFWriter
 
     info = open_raster(src)
     proc, positions = lib.model_processor(model, info, outputs=["class"], device="cpu")
+    proc.prepare(info)
     iproc, ipositions = lib.index_processor(info, names=["NDVI"])
     windows = plan_windows(info.shape, chunk_shape(chunk, info.block_shape, info.shape))
     windows = windows[len(windows) // 3:][:n_windows]
@@ -448,14 +453,15 @@ def profile(src: str, model: str, chunk: int, n_windows: int = 12) -> None:
                 block, valid = to_float_block(raw, info.nodata)
                 t0 = tick(f"{label}: to_float_block", t0)
                 if label == "apply":  # the processor's steps, timed one by one
-                    pixels = np.clip(block[:, valid].T, 0, None)
-                    t0 = tick("apply: gather + clip pixels", t0)
+                    x = torch.from_numpy(block.reshape(block.shape[0], -1))
                     with torch.no_grad():
-                        logits = net(torch.from_numpy(np.ascontiguousarray(pixels)))
-                        t0 = tick("apply: model forward", t0)
-                        proba = torch.softmax(logits, dim=1).numpy()
-                    np.argmax(proba, axis=1)
-                    t0 = tick("apply: softmax + argmax", t0)
+                        for part in batches(x.shape[1], proc.batch_size):
+                            indices = net.indices(x[:, part])
+                            t0 = tick("apply: ND layer (band-major)", t0)
+                            logits = net.from_indices(indices)
+                            t0 = tick("apply: folded head", t0)
+                            argmax_rows(logits)
+                            t0 = tick("apply: argmax", t0)
                 result = p(block, valid)
                 t0 = tick(f"{label}: processor call (total)", t0)
                 result = np.where(valid, result, p.out_nodata).astype(p.out_dtype)

@@ -29,6 +29,7 @@ from ndgeo.formula import (
     model_formulas,
     to_plain,
 )
+from ndgeo.nn.inference import argmax_rows, band_major
 from ndgeo.raster import RasterInfo
 
 OUTPUTS = ("class", "proba", "indices")
@@ -73,7 +74,7 @@ class ModelProcessor:
     model_path: str
     meta: dict
     outputs: Sequence[str] = ("class",)
-    batch_size: int = 65536
+    batch_size: int = 32768
     device: str = "cpu"
     quantize_proba: bool = False
     index_descriptions: Sequence[str] = ()
@@ -85,6 +86,8 @@ class ModelProcessor:
     descriptions: list[str] = field(init=False)
     tags: dict = field(init=False)
     colormap: dict | None = field(init=False)
+    clip_negative: bool = field(init=False, default=True)
+    check_all_zero: bool = field(init=False, default=True)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:  # checked here, not in the first task: fail before any I/O
@@ -133,8 +136,16 @@ class ModelProcessor:
         else:
             self.out_dtype, self.out_nodata = "float32", float("nan")
 
+    def prepare(self, image: RasterInfo) -> None:
+        """Note what the input type rules out (called once by the engine, before any task)."""
+        kind = np.dtype(image.dtype).kind
+        # Unsigned pixels are never negative, so the clip at 0 is skipped (unless denoised).
+        self.clip_negative = kind not in "u" or self.denoiser is not None
+        # With nodata 0, a pixel with any band at 0 is invalid already: no all-zero pass.
+        self.check_all_zero = image.nodata != 0 or self.denoiser is not None
+
     def _model(self):
-        return cached_load(self.model_path, load_model)[0]
+        return cached_load(self.model_path, _load_band_major, key="band-major")
 
     def __call__(self, block: np.ndarray, valid: np.ndarray) -> np.ndarray:
         device = resolve_device(self.device)
@@ -143,36 +154,65 @@ class ModelProcessor:
         if self.denoiser is not None:
             block = self.denoiser.denoise(block, valid)
         out = np.full((self.out_count, *block.shape[1:]), self.out_nodata, dtype=self.out_dtype)
-        # Pixels that are 0 in every band are nodata to training (ndgeo.labels) too.
-        valid = valid & (block > 0).any(axis=0)
-        # (N, C) valid pixels; reflectance below 0 is clipped to 0, as in training.
-        pixels = np.ascontiguousarray(np.clip(block[:, valid].T, 0, None), dtype=np.float32)
-        if len(pixels) == 0:
+        extra_mask = None  # pixels invalid here but not to the engine
+        if self.check_all_zero:
+            # Pixels that are 0 in every band are nodata to training (ndgeo.labels) too.
+            nonzero = (block > 0).any(axis=0)
+            if not nonzero.all():
+                valid = extra_mask = valid & nonzero
+        # Band-major (C, N) pixels: the whole block as a view when most pixels are valid (the
+        # engine overwrites the NaN results of the others), else a copy of the valid ones.
+        gathered = np.count_nonzero(valid) < valid.size // 2
+        pixels = block[:, valid] if gathered else block.reshape(block.shape[0], -1)
+        if pixels.shape[1] == 0:
             return out
         model = self._model().to(device)
-        if self.outputs == ["class"]:
-            # argmax of the logits: no softmax needed for class ids.
-            logits = run_batched(model, pixels, self.batch_size, device)
-            out[0, valid] = logits.argmax(axis=1) + 1
-            return out
-        proba = None
-        if "class" in self.outputs or "proba" in self.outputs:
-            proba = run_batched(lambda b: torch.softmax(model(b), dim=1), pixels,
-                                self.batch_size, device)
+
+        def run(fn) -> np.ndarray:
+            # Reflectance below 0 is clipped to 0, as in training.
+            step = (lambda b: fn(b.clamp_min(0))) if self.clip_negative else fn
+            return run_batched(step, pixels, self.batch_size, device, axis=1)
+
+        def put(dst: np.ndarray, values: np.ndarray) -> None:
+            if gathered:
+                dst[valid] = values
+            elif extra_mask is None:
+                dst[...] = values.reshape(dst.shape)
+            else:
+                np.copyto(dst, values.reshape(dst.shape), where=extra_mask, casting="unsafe")
+
         band = 0
-        for o in self.outputs:
+        outputs = self.outputs
+        indices = logits = None
+        if "indices" in outputs:
+            indices = run(model.indices)
+        if outputs == ["class"]:
+            ids = run(lambda b: argmax_rows(model(b)))
+            put(out[0], ids + 1)
+            return out
+        if "class" in outputs or "proba" in outputs:
+            logits = run(model) if indices is None else run_batched(
+                lambda h: model.from_indices(h), indices, self.batch_size, device, axis=1
+            )
+        for o in outputs:
             if o == "class":
-                out[band, valid] = proba.argmax(axis=1) + 1
+                put(out[band], argmax_rows(torch.from_numpy(logits)).numpy() + 1)
                 band += 1
             elif o == "proba":
+                proba = torch.softmax(torch.from_numpy(logits), dim=0).numpy()
                 values = np.round(proba * 250) if self.out_dtype == "uint8" else proba
-                out[band : band + proba.shape[1], valid] = values.T
-                band += proba.shape[1]
+                for c in range(len(values)):
+                    put(out[band + c], values[c])
+                band += len(values)
             else:
-                values = run_batched(model.indices, pixels, self.batch_size, device)
-                out[band : band + values.shape[1], valid] = values.T
-                band += values.shape[1]
+                for k in range(len(indices)):
+                    put(out[band + k], indices[k])
+                band += len(indices)
         return out
+
+
+def _load_band_major(path: str):
+    return band_major(load_model(path)[0])
 
 
 def _rgb(color) -> tuple[int, int, int]:
@@ -279,7 +319,7 @@ def model_processor(
     image: RasterInfo,
     *,
     outputs: Sequence[str] = ("class",),
-    batch_size: int = 65536,
+    batch_size: int = 32768,
     device: str = "auto",
     quantize_proba: bool = False,
     denoiser: str | os.PathLike | None = None,

@@ -50,19 +50,36 @@ def batches(n: int, batch_size: int) -> Iterator[slice]:
 
 
 @torch.no_grad()
-def run_batched(fn, x: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
-    """``fn`` over rows of ``x`` (N, C) in batches on ``device``; returns CPU float32 (N, K).
+def run_batched(fn, x: np.ndarray, batch_size: int, device: torch.device, *,
+                axis: int = 0) -> np.ndarray:
+    """``fn`` over slices of ``x`` along ``axis`` in batches on ``device``; returns CPU numpy.
 
-    On CUDA the host batch is pinned and copied without blocking; each batch's result comes
-    back to the CPU before the next batch is sent (no overlap between batches).
+    ``axis=0``: rows of ``(N, C)`` pixels, ``fn`` returns ``(n, K)``; ``axis=1``: columns of
+    band-major ``(C, N)`` pixels, ``fn`` returns ``(K, n)`` or ``(n,)``. Results keep ``fn``'s
+    dtype (float results come back as float32) and are written into one preallocated array. On
+    CPU a batch is a view of ``x`` (no copy); on CUDA it is copied to pinned memory and sent
+    without blocking, and each result comes back before the next batch is sent.
     """
-    outs = []
+    n = x.shape[axis]
     cuda = device.type == "cuda"
-    for part in batches(len(x), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(x[part]))
+    out: np.ndarray | None = None
+    for part in batches(n, batch_size):
+        index = (part,) if axis == 0 else (slice(None), part)
+        batch = torch.from_numpy(np.ascontiguousarray(x[index]) if cuda else x[index])
         if cuda:
             batch = batch.pin_memory().to(device, non_blocking=True)
-        outs.append(fn(batch).float().cpu().numpy())
-    if not outs:
+        result = fn(batch)
+        if result.is_floating_point():
+            result = result.float()
+        result = result.cpu().numpy()
+        if out is None:
+            shape = list(result.shape)
+            shape[0 if axis == 0 or result.ndim == 1 else 1] = n
+            out = np.empty(shape, dtype=result.dtype)
+        if axis == 0 or result.ndim == 1:
+            out[part] = result
+        else:
+            out[:, part] = result
+    if out is None:
         return np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(outs, axis=0)
+    return out

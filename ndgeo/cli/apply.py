@@ -60,7 +60,7 @@ def apply_cmd(
     output: list[str] = typer.Option(["class"], "--output", help="What to write: class, proba, indices (repeatable or comma-separated; several are stacked as float32 bands)."),
     quantize: bool = typer.Option(False, "--quantize", help="Write probabilities as uint8 (value/250) instead of float32."),
     denoise: Path | None = typer.Option(None, "--denoise", help="Denoiser file (`ndgeo denoise train`) applied before the model, in the same pass."),
-    batch_size: int = typer.Option(65536, "--batch-size", help="Pixels per model batch (compute unit)."),
+    batch_size: int = typer.Option(32768, "--batch-size", help="Pixels per model batch (compute unit); 16k-32k keep a CPU batch in cache, GPUs may like more."),
     device: str = _DEVICE,
     bands: str | None = _BANDS,
     sensor: str | None = _SENSOR,

@@ -1,0 +1,134 @@
+"""Inference forms of the pixel classifiers on band-major pixels ``(C, N)``.
+
+Rasters are band-major: a ``(C, h, w)`` block reshaped to ``(C, h * w)`` is a view, while the
+``(N, C)`` layout the trainable models take needs a transpose (a full copy of the block). These
+eval-only modules take the view directly and fold every fixed affine step into the neighbouring
+matrix (``band_scale`` and the MLP z-score into the first layer, BatchNorm or affine head norms
+into the head), so a class map costs one GEMM per layer plus a few row-wise passes
+(``benchmarks/apply_throughput.py --profile``). They compute the same function as the source
+model, up to float rounding; the source model is not modified.
+
+No input check is made: NaN columns (masked pixels) give NaN columns and cost nothing extra.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ndgeo.nn.models import MLP, NDClassifier, _Affine
+
+
+def _norm_as_affine(norm: nn.Module, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` with ``norm(h) == h * scale + shift`` in eval mode."""
+    if isinstance(norm, nn.Identity):
+        return torch.ones(n), torch.zeros(n)
+    if isinstance(norm, _Affine):
+        return norm.weight.detach().clone(), norm.bias.detach().clone()
+    if isinstance(norm, nn.BatchNorm1d):
+        scale = torch.rsqrt(norm.running_var + norm.eps)
+        if norm.affine:
+            scale = scale * norm.weight
+        shift = -norm.running_mean * scale
+        if norm.affine:
+            shift = shift + norm.bias
+        return scale.detach(), shift.detach()
+    raise TypeError(f"cannot fold head normalisation {type(norm).__name__}")
+
+
+class BandMajorND(nn.Module):
+    """:class:`NDClassifier` on ``(C, N)`` pixels: logits ``(n_classes, N)``, indices ``(K, N)``.
+
+    The first layer is one GEMM with the numerator and denominator weights stacked as row blocks
+    (``[alpha - beta; alpha + beta] * band_scale``), so both halves of its output are contiguous.
+    """
+
+    def __init__(self, model: NDClassifier) -> None:
+        super().__init__()
+        with torch.no_grad():
+            first, *hidden = model.nd_layers
+            alpha, beta = (torch.from_numpy(c).float() for c in first.coefficients())
+            scale = model.band_scale.detach().float().cpu()
+            self.register_buffer("first", torch.cat([alpha - beta, alpha + beta]) * scale)
+            self.n_indices = first.n_indices
+            self.eps = [first.eps] + [layer.eps for layer in hidden]
+            self.hidden = nn.ParameterList()
+            for layer in hidden:
+                a, b = (torch.from_numpy(c).float() for c in layer.coefficients())
+                self.hidden.append(nn.Parameter(a - b, requires_grad=False))
+                self.hidden.append(nn.Parameter(a + b, requires_grad=False))
+            width = model.head.in_features
+            norm_scale, norm_shift = _norm_as_affine(model.norm, width)
+            weight = model.head.weight.detach().cpu().float()
+            bias = model.head.bias.detach().cpu().float()
+            self.register_buffer("head_weight", weight * norm_scale)
+            self.register_buffer("head_bias", (bias + weight @ norm_shift)[:, None].contiguous())
+
+    def indices(self, x: torch.Tensor) -> torch.Tensor:
+        """First-layer ND indices of band-major raw pixels ``x`` (C, N), in [-1, 1]."""
+        both = self.first @ x
+        k = self.n_indices
+        return both[:k].div_(both[k:].add_(self.eps[0])).clamp_(-1.0, 1.0)
+
+    def from_indices(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits ``(n_classes, N)`` from first-layer indices ``(K, N)``."""
+        for i, eps in enumerate(self.eps[1:]):
+            diff, total = self.hidden[2 * i], self.hidden[2 * i + 1]
+            h = (diff @ h).div_((total @ h.abs()).add_(eps)).clamp_(-1.0, 1.0)
+        return torch.addmm(self.head_bias, self.head_weight, h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.from_indices(self.indices(x))
+
+
+class BandMajorMLP(nn.Module):
+    """:class:`MLP` on ``(C, N)`` pixels with the z-score folded into the first layer."""
+
+    def __init__(self, model: MLP) -> None:
+        super().__init__()
+        with torch.no_grad():
+            linears = [m for m in model.net if isinstance(m, nn.Linear)]
+            weights = [m.weight.detach().cpu().float().clone() for m in linears]
+            biases = [m.bias.detach().cpu().float().clone() for m in linears]
+            std, mean = model.std.detach().cpu().float(), model.mean.detach().cpu().float()
+            biases[0] = biases[0] - weights[0] @ (mean / std)
+            weights[0] = weights[0] / std
+        self.weights = nn.ParameterList(nn.Parameter(w, requires_grad=False) for w in weights)
+        self.biases = nn.ParameterList(
+            nn.Parameter(b[:, None].contiguous(), requires_grad=False) for b in biases
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = len(self.weights) - 1
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
+            x = torch.addmm(bias, weight, x)
+            if i < last:
+                x = x.clamp_(min=0)
+        return x
+
+
+def band_major(model: nn.Module) -> nn.Module:
+    """The eval-only band-major form of a pixel classifier (``NDClassifier`` or ``MLP``)."""
+    if isinstance(model, NDClassifier):
+        return BandMajorND(model).eval()
+    if isinstance(model, MLP):
+        return BandMajorMLP(model).eval()
+    raise TypeError(f"no band-major form for {type(model).__name__}")
+
+
+def argmax_rows(scores: torch.Tensor) -> torch.Tensor:
+    """Row index of the largest value in each column of ``scores`` (M, N), first on ties.
+
+    torch's ``argmax(dim=0)`` is a strided reduction that ran at ~220 ns/pixel on this project's
+    CPU for 4 classes; M - 1 compare-and-select passes run at ~35. Columns holding NaN (masked
+    pixels) give an arbitrary row. The result is uint8 for up to 256 rows, else int32.
+    """
+    rows = scores.shape[0]
+    dtype = torch.uint8 if rows <= 256 else torch.int32
+    index = torch.zeros(scores.shape[1], dtype=dtype, device=scores.device)
+    best = scores[0].clone()
+    for m in range(1, rows):
+        better = scores[m] > best
+        index.masked_fill_(better, m)
+        torch.maximum(best, scores[m], out=best)
+    return index
