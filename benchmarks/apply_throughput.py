@@ -5,8 +5,8 @@ window by window (never whole in memory). Variants, each in its own child proces
 
 - ``floor``: plain ``rioxarray.open_rasterio(chunks=..., lock=False)`` -> dask arithmetic (a
   fixed ND threshold) -> ``rio.to_raster`` uint8 tiled DEFLATE (dask.array.store, threaded);
-- ``floor-f32``: the same floor writing the float32 NDVI (DEFLATE, predictor 3, as ndgeo's
-  writer), the fair floor for ``ndgeo index``;
+- ``floor-f32``: the same floor writing the float32 NDVI (DEFLATE level 1, predictor 3, as
+  ndgeo's writer does for float output), the floor for the same output as ``ndgeo index``;
 - ``engine``: :func:`ndgeo.engine.run` with the floor's ND-threshold processor (engine overhead);
 - ``apply``: ``ndgeo apply MODEL IMAGE --output class`` with a 16-index ND classifier;
 - ``index``: ``ndgeo index IMAGE --name NDVI``.
@@ -144,7 +144,7 @@ def run_floor(src: str, out: str, chunk: int) -> None:
 
 
 def run_floor_f32(src: str, out: str, chunk: int) -> None:
-    """The floor for float32 output: NDVI written as ndgeo's writer would (predictor 3)."""
+    """The floor for float32 output: NDVI written as ndgeo's writer would (level 1, predictor 3)."""
     import threading
 
     import xarray as xr
@@ -152,7 +152,7 @@ def run_floor_f32(src: str, out: str, chunk: int) -> None:
     nir, red, valid = _floor_dataset(src, chunk)
     ndvi = xr.where(valid, (nir - red) / (nir + red), np.float32(np.nan)).astype("float32")
     ndvi = ndvi.drop_attrs().rio.write_nodata(np.nan)
-    ndvi.rio.to_raster(out, tiled=True, compress="DEFLATE", predictor=3, zlevel=6,
+    ndvi.rio.to_raster(out, tiled=True, compress="DEFLATE", predictor=3, zlevel=1,
                        lock=threading.Lock(), BIGTIFF="IF_SAFER")
 
 

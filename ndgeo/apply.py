@@ -88,6 +88,7 @@ class ModelProcessor:
     colormap: dict | None = field(init=False)
     clip_negative: bool = field(init=False, default=True)
     check_all_zero: bool = field(init=False, default=True)
+    raw_input: bool = field(init=False, default=True)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:  # checked here, not in the first task: fail before any I/O
@@ -135,6 +136,9 @@ class ModelProcessor:
             self.tags.update(SCALE="0.004", OFFSET="0", NDGEO_PROBA="value * 1/250")
         else:
             self.out_dtype, self.out_nodata = "float32", float("nan")
+        # Blocks come in the file's type and become float32 batch by batch, in cache; a
+        # denoiser works on the whole float block (NaN where invalid) first.
+        self.raw_input = self.denoiser is None
 
     def prepare(self, image: RasterInfo) -> None:
         """Note what the input type rules out (called once by the engine, before any task)."""
@@ -161,7 +165,7 @@ class ModelProcessor:
             if not nonzero.all():
                 valid = extra_mask = valid & nonzero
         # Band-major (C, N) pixels: the whole block as a view when most pixels are valid (the
-        # engine overwrites the NaN results of the others), else a copy of the valid ones.
+        # engine overwrites the results of the others), else a copy of the valid ones.
         gathered = np.count_nonzero(valid) < valid.size // 2
         pixels = block[:, valid] if gathered else block.reshape(block.shape[0], -1)
         if pixels.shape[1] == 0:
@@ -169,9 +173,11 @@ class ModelProcessor:
         model = self._model().to(device)
 
         def run(fn) -> np.ndarray:
-            # Reflectance below 0 is clipped to 0, as in training.
-            step = (lambda b: fn(b.clamp_min(0))) if self.clip_negative else fn
-            return run_batched(step, pixels, self.batch_size, device, axis=1)
+            # float32 batches; reflectance below 0 is clipped to 0, as in training.
+            if self.clip_negative:
+                return run_batched(lambda b: fn(b.float().clamp_min(0)), pixels,
+                                   self.batch_size, device, axis=1)
+            return run_batched(lambda b: fn(b.float()), pixels, self.batch_size, device, axis=1)
 
         def put(dst: np.ndarray, values: np.ndarray) -> None:
             if gathered:

@@ -13,7 +13,7 @@ from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
 
 from ndgeo.errors import NdgeoError
-from ndgeo.writer import GeoTIFFWriter, write_raster
+from ndgeo.writer import GeoTIFFWriter, creation_profile, write_raster
 
 TRANSFORM = Affine(20.0, 0.0, 300000.0, 0.0, -20.0, 5000000.0)
 
@@ -157,3 +157,10 @@ def test_cog_class_output_keeps_colour_table(tmp_path):
         assert src.colormap(1)[2] == (200, 0, 0, 255)
         assert src.overviews(1) == [2]
         assert set(np.unique(src.read(1, out_shape=(256, 256)))) <= {0, 1, 2, 255}
+
+
+def test_deflate_level_depends_on_output_type_and_co_wins():
+    assert creation_profile("float32")["ZLEVEL"] == "1"
+    assert creation_profile("uint8")["ZLEVEL"] == "6"
+    assert creation_profile("float32", {"zlevel": 9})["ZLEVEL"] == "9"
+    assert "ZLEVEL" not in creation_profile("float32", {"COMPRESS": "ZSTD"})

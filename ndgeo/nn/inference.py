@@ -66,9 +66,14 @@ class BandMajorND(nn.Module):
 
     def indices(self, x: torch.Tensor) -> torch.Tensor:
         """First-layer ND indices of band-major raw pixels ``x`` (C, N), in [-1, 1]."""
+        return self._first_layer(x).clamp_(-1.0, 1.0)
+
+    def _first_layer(self, x: torch.Tensor) -> torch.Tensor:
+        # Without the clamp that keeps |y| <= 1 exact in float32: it moves values by a few ulps,
+        # which only the exported indices need.
         both = self.first @ x
         k = self.n_indices
-        return both[:k].div_(both[k:].add_(self.eps[0])).clamp_(-1.0, 1.0)
+        return both[:k].div_(both[k:].add_(self.eps[0]))
 
     def from_indices(self, h: torch.Tensor) -> torch.Tensor:
         """Logits ``(n_classes, N)`` from first-layer indices ``(K, N)``."""
@@ -78,7 +83,7 @@ class BandMajorND(nn.Module):
         return torch.addmm(self.head_bias, self.head_weight, h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.from_indices(self.indices(x))
+        return self.from_indices(self._first_layer(x))
 
 
 class BandMajorMLP(nn.Module):
@@ -130,5 +135,6 @@ def argmax_rows(scores: torch.Tensor) -> torch.Tensor:
     for m in range(1, rows):
         better = scores[m] > best
         index.masked_fill_(better, m)
-        torch.maximum(best, scores[m], out=best)
+        if m < rows - 1:
+            torch.maximum(best, scores[m], out=best)
     return index
