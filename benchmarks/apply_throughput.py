@@ -5,7 +5,7 @@ window by window (never whole in memory). Variants, each in its own child proces
 
 - ``floor``: plain ``rioxarray.open_rasterio(chunks=..., lock=False)`` -> dask arithmetic (a
   fixed ND threshold) -> ``rio.to_raster`` uint8 tiled DEFLATE (dask.array.store, threaded);
-- ``floor-f32``: the same floor writing the float32 NDVI (DEFLATE level 1, predictor 3, as
+- ``floor-f32``: the same floor writing the float32 NDVI (ZSTD level 1, predictor 3, as
   ndgeo's writer does for float output), the floor for the same output as ``ndgeo index``;
 - ``engine``: :func:`ndgeo.engine.run` with the floor's ND-threshold processor (engine overhead);
 - ``apply``: ``ndgeo apply MODEL IMAGE --output class`` with a 16-index ND classifier;
@@ -144,7 +144,7 @@ def run_floor(src: str, out: str, chunk: int) -> None:
 
 
 def run_floor_f32(src: str, out: str, chunk: int) -> None:
-    """The floor for float32 output: NDVI written as ndgeo's writer would (level 1, predictor 3)."""
+    """The floor for float32 output: NDVI written as ndgeo's writer would (ZSTD-1, predictor 3)."""
     import threading
 
     import xarray as xr
@@ -152,7 +152,7 @@ def run_floor_f32(src: str, out: str, chunk: int) -> None:
     nir, red, valid = _floor_dataset(src, chunk)
     ndvi = xr.where(valid, (nir - red) / (nir + red), np.float32(np.nan)).astype("float32")
     ndvi = ndvi.drop_attrs().rio.write_nodata(np.nan)
-    ndvi.rio.to_raster(out, tiled=True, compress="DEFLATE", predictor=3, zlevel=1,
+    ndvi.rio.to_raster(out, tiled=True, compress="ZSTD", predictor=3, zstd_level=1,
                        lock=threading.Lock(), BIGTIFF="IF_SAFER")
 
 
@@ -422,7 +422,7 @@ def profile(src: str, model: str, chunk: int, n_windows: int = 12) -> None:
     from ndgeo.device import batches
     from ndgeo.engine import _lazy_bands, _read, chunk_shape, plan_windows
     from ndgeo.nn.inference import argmax_rows
-    from ndgeo.raster import open_raster, to_float_block
+    from ndgeo.raster import open_raster, to_float_block, valid_mask
     from ndgeo.writer import GeoTIFFWriter
 
     info = open_raster(src)
@@ -450,13 +450,19 @@ def profile(src: str, model: str, chunk: int, n_windows: int = 12) -> None:
                 raw, _, _ = _read(source, (w.row_off, w.col_off, w.height, w.width), 0,
                                   info.shape)
                 t0 = tick(f"{label}: read {len(pos)} bands", t0)
-                block, valid = to_float_block(raw, info.nodata)
-                t0 = tick(f"{label}: to_float_block", t0)
+                if getattr(p, "raw_input", False):
+                    block, valid = raw, valid_mask(raw, info.nodata)
+                    t0 = tick(f"{label}: valid mask (raw input)", t0)
+                else:
+                    block, valid = to_float_block(raw, info.nodata)
+                    t0 = tick(f"{label}: to_float_block", t0)
                 if label == "apply":  # the processor's steps, timed one by one
                     x = torch.from_numpy(block.reshape(block.shape[0], -1))
                     with torch.no_grad():
                         for part in batches(x.shape[1], proc.batch_size):
-                            indices = net.indices(x[:, part])
+                            batch = x[:, part].float()
+                            t0 = tick("apply: batch to float32", t0)
+                            indices = net.indices(batch)
                             t0 = tick("apply: ND layer (band-major)", t0)
                             logits = net.from_indices(indices)
                             t0 = tick("apply: folded head", t0)

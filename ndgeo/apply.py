@@ -74,7 +74,7 @@ class ModelProcessor:
     model_path: str
     meta: dict
     outputs: Sequence[str] = ("class",)
-    batch_size: int = 32768
+    batch_size: int = 16384
     device: str = "cpu"
     quantize_proba: bool = False
     index_descriptions: Sequence[str] = ()
@@ -325,7 +325,7 @@ def model_processor(
     image: RasterInfo,
     *,
     outputs: Sequence[str] = ("class",),
-    batch_size: int = 32768,
+    batch_size: int = 16384,
     device: str = "auto",
     quantize_proba: bool = False,
     denoiser: str | os.PathLike | None = None,

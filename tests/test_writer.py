@@ -159,8 +159,15 @@ def test_cog_class_output_keeps_colour_table(tmp_path):
         assert set(np.unique(src.read(1, out_shape=(256, 256)))) <= {0, 1, 2, 255}
 
 
-def test_deflate_level_depends_on_output_type_and_co_wins():
-    assert creation_profile("float32")["ZLEVEL"] == "1"
+def test_default_compression_depends_on_output_type_and_co_wins(tmp_path):
+    assert creation_profile("float32")["COMPRESS"] == "ZSTD"
+    assert creation_profile("float32")["ZSTD_LEVEL"] == "1"
+    assert creation_profile("uint8")["COMPRESS"] == "DEFLATE"
     assert creation_profile("uint8")["ZLEVEL"] == "6"
-    assert creation_profile("float32", {"zlevel": 9})["ZLEVEL"] == "9"
-    assert "ZLEVEL" not in creation_profile("float32", {"COMPRESS": "ZSTD"})
+    deflate = creation_profile("float32", {"compress": "deflate"})
+    assert deflate["ZLEVEL"] == "6" and deflate["PREDICTOR"] == "3" and "ZSTD_LEVEL" not in deflate
+    assert creation_profile("float32", {"zstd_level": 9})["ZSTD_LEVEL"] == "9"
+    data = np.linspace(-1, 1, 64 * 64, dtype="float32").reshape(1, 64, 64)
+    write_raster(tmp_path / "f.tif", data)
+    with rasterio.open(tmp_path / "f.tif") as src:
+        assert src.compression.name == "zstd" and (src.read() == data).all()

@@ -19,7 +19,7 @@ _NODATA = typer.Option(None, "--nodata", help="Input nodata value, overriding th
 _CHUNK = typer.Option(1024, "--chunk-size", help="Pixels per side of a dask chunk (I/O unit), rounded to the file's tiling.")
 _SCHED = typer.Option(None, "--scheduler", help="dask.distributed scheduler address (tcp://HOST:PORT); default: local threads.")
 _WORKERS = typer.Option(None, "--workers", help="Start a local cluster of N worker processes.")
-_CO = typer.Option(None, "--co", help="GDAL creation option KEY=VALUE (repeatable), e.g. --co COMPRESS=ZSTD.")
+_CO = typer.Option(None, "--co", help="GDAL creation option KEY=VALUE (repeatable); default DEFLATE for class maps, ZSTD level 1 for float outputs, e.g. --co COMPRESS=DEFLATE for readers without ZSTD.")
 _CONFIG = typer.Option(None, "--config", help="GDAL configuration option KEY=VALUE for reading/writing, set on every worker (repeatable).")
 _COG = typer.Option(False, "--cog", help="Write a Cloud-Optimized GeoTIFF (with overviews).")
 _OVERWRITE = typer.Option(False, "--overwrite", help="Replace OUT if it exists.")
@@ -60,7 +60,7 @@ def apply_cmd(
     output: list[str] = typer.Option(["class"], "--output", help="What to write: class, proba, indices (repeatable or comma-separated; several are stacked as float32 bands)."),
     quantize: bool = typer.Option(False, "--quantize", help="Write probabilities as uint8 (value/250) instead of float32."),
     denoise: Path | None = typer.Option(None, "--denoise", help="Denoiser file (`ndgeo denoise train`) applied before the model, in the same pass."),
-    batch_size: int = typer.Option(32768, "--batch-size", help="Pixels per model batch (compute unit); 16k-32k keep a CPU batch in cache, GPUs may like more."),
+    batch_size: int = typer.Option(16384, "--batch-size", help="Pixels per model batch (compute unit); about 16k keeps a CPU batch in cache, GPUs may like more."),
     device: str = _DEVICE,
     bands: str | None = _BANDS,
     sensor: str | None = _SENSOR,
