@@ -447,8 +447,8 @@ def profile(src: str, model: str, chunk: int, n_windows: int = 12) -> None:
                            nodata=p.out_nodata, overwrite=True) as dst:
             for w in windows:
                 t0 = time.perf_counter()
-                raw, _, _ = _read(source, (w.row_off, w.col_off, w.height, w.width), 0,
-                                  info.shape)
+                raw, _, _, _ = _read(source, (w.row_off, w.col_off, w.height, w.width), 0,
+                                     info.shape)
                 t0 = tick(f"{label}: read {len(pos)} bands", t0)
                 if getattr(p, "raw_input", False):
                     block, valid = raw, valid_mask(raw, info.nodata)

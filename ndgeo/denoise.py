@@ -37,7 +37,7 @@ from ndgeo.device import one_torch_thread, resolve_device
 from ndgeo.errors import NdgeoError
 from ndgeo.nn.denoisers import build_denoiser, start_at_identity
 from ndgeo.nn.wne import WNE, wne_stats
-from ndgeo.raster import SUPPORTED_DTYPES, RasterInfo, check_nodata, to_float_block
+from ndgeo.raster import SUPPORTED_DTYPES, RasterInfo, check_nodata, read_float_block
 
 #: Metadata ``task`` of denoiser files (classifier files have none).
 TASK = "denoise"
@@ -121,8 +121,8 @@ class PatchSampler:
             info, positions = self.sources[k]
             row = int(self.rng.integers(0, info.height - p + 1))
             col = int(self.rng.integers(0, info.width - p + 1))
-            raw = self._datasets[k].read([i + 1 for i in positions], window=Window(col, row, p, p))
-            block, valid = to_float_block(raw, info.nodata)
+            block, valid = read_float_block(self._datasets[k], info, positions,
+                                            Window(col, row, p, p))
             if valid.mean() >= 1 - self.max_invalid:
                 return block
         raise NdgeoError(
@@ -562,7 +562,7 @@ def evaluate_denoiser(
     model, meta = load_denoiser(denoiser_path)
     positions = match_model_bands(meta, image)
     with rasterio.open(image.path) as src:
-        clean, valid = to_float_block(src.read([p + 1 for p in positions]), image.nodata)
+        clean, valid = read_float_block(src, image, positions)
     if not valid.any():
         raise NdgeoError(f"{image.path} has no valid pixel in the denoiser's bands")
     lo, hi = float(clean[:, valid].min()), float(clean[:, valid].max())

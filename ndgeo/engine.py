@@ -55,7 +55,7 @@ import xarray as xr
 from rasterio.windows import Window
 
 from ndgeo.errors import NdgeoError
-from ndgeo.raster import RasterInfo, check_nodata, to_float_block, valid_mask
+from ndgeo.raster import RasterInfo, check_nodata, read_gdal_mask, to_float, valid_mask
 from ndgeo.writer import GeoTIFFWriter, check_output, creation_profile
 
 #: GDAL settings applied in the main process and on every worker unless overridden.
@@ -138,13 +138,18 @@ def _lazy_bands(image: RasterInfo, band_positions: Sequence[int]) -> xr.DataArra
 
 
 def _read(source: xr.DataArray, window: tuple[int, int, int, int], halo: int,
-          shape: tuple[int, int]) -> tuple[np.ndarray, int, int]:
-    """Read window (row, col, h, w) grown by ``halo``, clipped; return it and the core offset."""
+          shape: tuple[int, int], mask_path: str | None = None,
+          ) -> tuple[np.ndarray, np.ndarray | None, int, int]:
+    """Read window (row, col, h, w) grown by ``halo``, clipped: the raw bands, the file's GDAL
+    mask when ``mask_path`` is given (else None), and the core's offset in them."""
     row, col, h, w = window
     row0, col0 = max(0, row - halo), max(0, col - halo)
     row1, col1 = min(shape[0], row + h + halo), min(shape[1], col + w + halo)
     raw = source.isel(y=slice(row0, row1), x=slice(col0, col1)).values
-    return raw, row - row0, col - col0
+    mask = None
+    if mask_path is not None:
+        mask = read_gdal_mask(mask_path, Window(col0, row0, col1 - col0, row1 - row0))
+    return raw, mask, row - row0, col - col0
 
 
 def _process_window(
@@ -153,15 +158,16 @@ def _process_window(
     nodata: float | None,
     shape: tuple[int, int],
     gdal_env: dict[str, Any],
+    mask_path: str | None,
     window: tuple[int, int, int, int],
 ) -> np.ndarray | None:
     """One task: read, mask, process, crop. None when the window has no valid pixel."""
     with rasterio.Env(**gdal_env):
-        raw, dr, dc = _read(source, window, processor.halo, shape)
-    if getattr(processor, "raw_input", False):
-        block, valid = raw, valid_mask(raw, nodata)
-    else:
-        block, valid = to_float_block(raw, nodata)
+        raw, mask, dr, dc = _read(source, window, processor.halo, shape, mask_path)
+    valid = valid_mask(raw, nodata)
+    if mask is not None:
+        valid &= mask
+    block = raw if getattr(processor, "raw_input", False) else to_float(raw, valid)
     h, w = window[2:]
     core = valid[dr : dr + h, dc : dc + w]
     if not core.any():
@@ -181,13 +187,16 @@ def _window_stats(
     nodata: float | None,
     shape: tuple[int, int],
     gdal_env: dict[str, Any],
+    mask_path: str | None,
     window: tuple[int, int, int, int],
 ) -> tuple[int, np.ndarray, np.ndarray]:
     """Count, per-band mean and M2 (sum of squared deviations) of the valid pixels, float64."""
     with rasterio.Env(**gdal_env):
-        raw, _, _ = _read(source, window, 0, shape)
-    block, valid = to_float_block(raw, nodata)
-    values = block[:, valid].astype(np.float64)
+        raw, mask, _, _ = _read(source, window, 0, shape, mask_path)
+    valid = valid_mask(raw, nodata)
+    if mask is not None:
+        valid &= mask
+    values = raw[:, valid].astype(np.float64)
     n = values.shape[1]
     if n == 0:
         zeros = np.zeros(values.shape[0])
@@ -390,8 +399,10 @@ def run(
     done = skipped = 0
     start = time.perf_counter()
     # Static arguments ride in a partial so dask does not traverse (or rebuild) the processor.
+    mask_path = image.path if image.has_mask else None
     task = dask.delayed(
-        partial(_process_window, source, processor, image.nodata, image.shape, env), pure=False
+        partial(_process_window, source, processor, image.nodata, image.shape, env, mask_path),
+        pure=False,
     )
     with rasterio.Env(**env), _client(scheduler, workers, env) as (client, name, slots):
         slots = slots or local_threads
@@ -442,6 +453,7 @@ def _plan(image, positions, out_path, processor, chunks, windows, writer_options
         "bands": [image.bands[p].name for p in positions],
         "band_positions": positions,
         "input_nodata": image.nodata,
+        "input_gdal_mask": image.has_mask,
         "input_block_shape": list(image.block_shape),
         "chunk_shape": list(chunks),
         "chunks": len(windows),
@@ -486,7 +498,10 @@ def scene_statistics(
     env = _gdal_env(gdal_env)
     windows = plan_windows(image.shape, chunk_shape(chunk_size, image.block_shape, image.shape))
     source = _lazy_bands(image, positions)
-    task = dask.delayed(partial(_window_stats, source, image.nodata, image.shape, env), pure=False)
+    mask_path = image.path if image.has_mask else None
+    task = dask.delayed(
+        partial(_window_stats, source, image.nodata, image.shape, env, mask_path), pure=False
+    )
     k = len(positions)
     total = (0, np.zeros(k), np.zeros(k))
     with rasterio.Env(**env), _client(scheduler, workers, env) as (client, _, slots):

@@ -18,6 +18,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
@@ -44,6 +45,8 @@ class RasterInfo:
     block_shape: tuple[int, int]
     bounds: tuple[float, float, float, float]
     res: tuple[float, float]
+    #: The file has a GDAL per-dataset mask or an alpha band; 0 there means invalid.
+    has_mask: bool = False
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -88,6 +91,7 @@ def open_raster(
             descriptions = list(src.descriptions)
             block_h, block_w = src.block_shapes[0]
             file_nodata = src.nodata
+            mask_flags = src.mask_flag_enums
             info = dict(
                 width=src.width,
                 height=src.height,
@@ -105,9 +109,11 @@ def open_raster(
         check_nodata(nodata, dtype, what="--nodata")
     effective = nodata if nodata is not None else file_nodata
     names = resolve_bands(descriptions, bands=bands, sensor=sensor)
+    has_mask = any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in mask_flags)
     return RasterInfo(
         path=path,
         dtype=dtype,
+        has_mask=has_mask,
         nodata=None if effective is None else float(effective),
         bands=tuple(names),
         block_shape=(int(block_h), int(block_w)),
@@ -143,7 +149,11 @@ def check_nodata(value: float, dtype: str, *, what: str = "nodata") -> None:
 
 
 def valid_mask(block: np.ndarray, nodata: float | None) -> np.ndarray:
-    """Valid pixels of a (bands, h, w) block: finite in every band and nodata in none."""
+    """Valid pixels of a (bands, h, w) block: finite in every band and nodata in none.
+
+    Where the file has a GDAL mask or alpha band (``RasterInfo.has_mask``), readers also drop
+    the pixels it marks 0 (:func:`read_gdal_mask`).
+    """
     valid = np.isfinite(block).all(axis=0) if block.dtype.kind == "f" else None
     if nodata is not None and not math.isnan(nodata):
         not_nodata = (block != nodata).all(axis=0)
@@ -153,9 +163,34 @@ def valid_mask(block: np.ndarray, nodata: float | None) -> np.ndarray:
     return valid
 
 
+def read_gdal_mask(path: str, window: Window) -> np.ndarray:
+    """The file's GDAL mask (per-dataset mask or alpha band) over ``window``, True = valid."""
+    with rasterio.open(path) as src:
+        return src.read_masks(1, window=window) != 0
+
+
+def to_float(raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """float32 copy of a raw (bands, h, w) block with NaN where ``valid`` is False."""
+    block = raw.astype(np.float32, copy=True)
+    if not valid.all():
+        np.copyto(block, np.float32(np.nan), where=~valid)
+    return block
+
+
+def read_float_block(
+    src: rasterio.DatasetReader, info: RasterInfo, positions: Sequence[int],
+    window: Window | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bands at 0-based ``positions`` of the open ``src`` as float32 with NaN at invalid
+    pixels (nodata, non-finite, GDAL mask), and the valid mask."""
+    raw = src.read([p + 1 for p in positions], window=window)
+    valid = valid_mask(raw, info.nodata)
+    if info.has_mask:
+        valid &= src.read_masks(1, window=window) != 0
+    return to_float(raw, valid), valid
+
+
 def to_float_block(raw: np.ndarray, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
     """float32 copy of a raw (bands, h, w) block with NaN at invalid pixels, and the mask."""
     valid = valid_mask(raw, nodata)
-    block = raw.astype(np.float32, copy=True)
-    block[:, ~valid] = np.nan
-    return block, valid
+    return to_float(raw, valid), valid

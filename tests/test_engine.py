@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from rasterio.enums import ColorInterp
 from rio_cogeo.cogeo import cog_validate
 
 from ndgeo.engine import cached_load, chunk_shape, run, scene_statistics
@@ -215,6 +216,40 @@ def test_nodata_override_masks_more(tmp_path):
     np.testing.assert_array_equal(out, whole_image(proc, raw, [0, 1], 4242))
 
 
+@pytest.mark.parametrize("kind", ["internal_mask", "alpha_band"])
+def test_gdal_mask_or_alpha_band_marks_pixels_invalid(tmp_path, kind):
+    """A GDAL per-dataset mask or an alpha band (no nodata value) masks output and statistics."""
+    path = tmp_path / "in.tif"
+    raw = make_image(path, nodata=None, count=3 if kind == "internal_mask" else 4)
+    keep = np.ones(raw.shape[1:], dtype=bool)
+    keep[:, :9] = False
+    keep[30:40, 60:90] = False
+    if kind == "internal_mask":
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "r+") as dst:
+            dst.write_mask(np.where(keep, 255, 0).astype("uint8"))
+    else:
+        raw[3] = np.where(keep, 65535, 0)
+        with rasterio.open(path) as src:
+            profile = src.profile
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.colorinterp = [ColorInterp.gray, ColorInterp.undefined, ColorInterp.undefined,
+                               ColorInterp.alpha]
+            dst.write(raw)
+        with rasterio.open(path) as src:
+            assert src.colorinterp[3] == ColorInterp.alpha
+    image = open_raster(path)
+    assert image.has_mask and image.nodata is None
+    proc = NormalizedDifference()
+    run(proc, image, [0, 1], tmp_path / "out.tif", chunk_size=32)
+    out = read(tmp_path / "out.tif")[0]
+    assert (out[~keep] == -9999).all() and (out[keep] != -9999).all()
+    expected = whole_image(proc, raw, [0, 1], None)[0]
+    np.testing.assert_array_equal(out[keep], expected[keep])
+    stats = scene_statistics(image, [0, 1], chunk_size=32)
+    assert stats["count"] == keep.sum()
+    np.testing.assert_allclose(stats["mean"], raw[:2, keep].mean(axis=1), rtol=1e-12)
+
+
 def test_all_nodata_windows_are_not_processed(tmp_path):
     raw = make_image(tmp_path / "in.tif")
     raw[:, :, :64] = NODATA  # first two 32-px window columns are empty
@@ -289,7 +324,7 @@ def test_dry_run_returns_json_plan_without_writing(tmp_path):
     assert json.loads(json.dumps(plan)) == plan
     assert plan["chunks"] == 4 and plan["chunk_shape"] == [64, 64] and plan["halo"] == 2
     assert plan["bands"] == ["band_2", "band_1"] and plan["read_shape"] == [68, 68]
-    assert plan["output_profile"]["creation_options"]["COMPRESS"] == "DEFLATE"
+    assert plan["output_profile"]["creation_options"]["COMPRESS"] == "ZSTD"  # float32 output
     assert plan["in_flight"] == 4 and plan["estimated_peak_memory_mb"] > 0
     assert sorted(os.listdir(tmp_path)) == ["in.tif"]
 
