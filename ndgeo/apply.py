@@ -330,11 +330,15 @@ def model_processor(
     quantize_proba: bool = False,
     denoiser: str | os.PathLike | None = None,
     chunk_size: int = 1024,
+    compute_stats: bool = True,
+    **stats_options: object,
 ) -> tuple[ModelProcessor, list[int]]:
     """Build the processor and input band positions for ``ndgeo apply``.
 
     The model file is read once here (for its metadata and formulas); workers load it again
-    from ``model_path`` once per process. Bands are matched by name, never by position.
+    from ``model_path`` once per process. Bands are matched by name, never by position. With a
+    ``denoiser``, the scene statistics pass runs here (``stats_options``: scheduler, workers)
+    unless ``compute_stats`` is False (dry runs).
     """
     resolve_device(device)  # fail early on --device cuda without a GPU
     model, meta = load_model(model_path)
@@ -348,7 +352,8 @@ def model_processor(
     if denoiser is not None:
         from ndgeo.denoise import denoise_stage
 
-        stage = denoise_stage(denoiser, image, positions, chunk_size=chunk_size, device=device)
+        stage = denoise_stage(denoiser, image, positions, chunk_size=chunk_size, device=device,
+                              compute_stats=compute_stats, **stats_options)
         halo = stage.halo
     processor = ModelProcessor(
         os.path.abspath(model_path), meta, outputs=outputs, batch_size=batch_size,

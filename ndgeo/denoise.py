@@ -497,15 +497,19 @@ def denoise_stage(
     *,
     chunk_size: int,
     device: str = "auto",
+    compute_stats: bool = True,
+    **stats_options: object,
 ) -> DenoiseProcessor:
     """The denoising stage of ``ndgeo apply --denoise``: ``.halo`` and ``.denoise(block, valid)``
     on blocks holding the image bands at ``positions`` (the classifier's).
 
-    The denoiser's bands must be among them; the scene statistics are computed here, once.
-    ``chunk_size`` is the engine's: it must give tile origins on the denoiser's alignment.
+    The denoiser's bands must be among them; the scene statistics are computed here, once (as
+    in :func:`denoise_processor`). ``chunk_size`` is the engine's: it must give tile origins on
+    the denoiser's alignment.
     """
     processor, wanted, chunk = denoise_processor(
-        denoiser_path, image, out_dtype="float32", device=device, chunk_size=chunk_size
+        denoiser_path, image, out_dtype="float32", device=device, chunk_size=chunk_size,
+        compute_stats=compute_stats, **stats_options,
     )
     missing = [image.bands[p].name for p in wanted if p not in positions]
     if missing:

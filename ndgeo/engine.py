@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -87,7 +88,10 @@ class RunResult:
     scheduler: str
 
 
-_CACHE: dict[tuple, Any] = {}
+#: Models kept per process: a job needs one or two (classifier, denoiser); a long-lived
+#: distributed worker serving many jobs keeps only the most recently used ones.
+CACHE_SIZE = 4
+_CACHE: OrderedDict[tuple, Any] = OrderedDict()
 _CACHE_LOCK = Lock()
 
 
@@ -97,13 +101,18 @@ def cached_load(
     """``loader(path)`` once per process (keyed by path, mtime and ``key``), then cached.
 
     Use it inside ``Processor.__call__`` so each worker process loads a model once and no
-    weights travel with the tasks. A file rewritten on disk (new mtime) is loaded again.
+    weights travel with the tasks. A file rewritten on disk (new mtime) is loaded again, and
+    only the :data:`CACHE_SIZE` most recently used entries are kept.
     """
     path = os.path.abspath(os.fspath(path))
     cache_key = (path, os.stat(path).st_mtime_ns, key)
     with _CACHE_LOCK:
-        if cache_key not in _CACHE:
+        if cache_key in _CACHE:
+            _CACHE.move_to_end(cache_key)
+        else:
             _CACHE[cache_key] = loader(path)
+            while len(_CACHE) > CACHE_SIZE:
+                _CACHE.popitem(last=False)
         return _CACHE[cache_key]
 
 

@@ -152,14 +152,19 @@ def valid_mask(block: np.ndarray, nodata: float | None) -> np.ndarray:
     """Valid pixels of a (bands, h, w) block: finite in every band and nodata in none.
 
     Where the file has a GDAL mask or alpha band (``RasterInfo.has_mask``), readers also drop
-    the pixels it marks 0 (:func:`read_gdal_mask`).
+    the pixels it marks 0 (:func:`read_gdal_mask`). Computed band by band into one mask: a
+    (bands, h, w) comparison array took twice as long on 8-band blocks.
     """
-    valid = np.isfinite(block).all(axis=0) if block.dtype.kind == "f" else None
-    if nodata is not None and not math.isnan(nodata):
-        not_nodata = (block != nodata).all(axis=0)
-        valid = not_nodata if valid is None else valid & not_nodata
-    if valid is None:
-        valid = np.ones(block.shape[1:], dtype=bool)
+    valid = np.ones(block.shape[1:], dtype=bool)
+    scratch = np.empty_like(valid)
+    check_value = nodata is not None and not math.isnan(nodata)
+    # The nodata value fits the pixel type (check_nodata), so compare in that type.
+    value = block.dtype.type(nodata) if check_value else None
+    for band in block:
+        if block.dtype.kind == "f":
+            valid &= np.isfinite(band, out=scratch)
+        if check_value:
+            valid &= np.not_equal(band, value, out=scratch)
     return valid
 
 

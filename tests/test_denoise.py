@@ -267,6 +267,33 @@ def test_denoise_stage_checks_bands_and_alignment(scene, denoisers):
         lib.denoise_stage(denoisers["dncnn"], info, [0, 1, 2], chunk_size=32)
 
 
+def test_dry_runs_and_refusals_come_before_the_statistics_pass(scene, denoisers, tmp_path,
+                                                                nd_model):
+    """A tile in the middle of the image is corrupt: only a pass over all pixels can notice.
+    Dry runs (denoise apply, apply --denoise) and an existing OUT without --overwrite answer
+    without that pass; a real run reports the corrupt file with exit code 2."""
+    broken = rewrite(scene["tiled"], tmp_path / "broken.tif")
+    with rasterio.open(broken) as src:
+        offset = int(src.get_tag_item("BLOCK_OFFSET_2_2", "TIFF", bidx=1))
+        size = int(src.get_tag_item("BLOCK_SIZE_2_2", "TIFF", bidx=1))
+    with open(broken, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * size)
+    den, out = denoisers["dncnn"], tmp_path / "out.tif"
+    result = cli("denoise", "apply", den, broken, "-o", out, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["chunks"] >= 1
+    model = nd_model.path
+    result = cli("apply", model, broken, "-o", out, "--denoise", den, "--dry-run")
+    assert result.exit_code == 0, result.output
+    out.write_bytes(b"keep me")
+    result = cli("apply", model, broken, "-o", out, "--denoise", den)
+    assert result.exit_code == 2 and "exists" in result.output
+    result = cli("denoise", "apply", den, broken, "-o", tmp_path / "new.tif")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert out.read_bytes() == b"keep me" and not (tmp_path / "new.tif").exists()
+
+
 # --- evaluate ---------------------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from affine import Affine
 from rasterio.enums import ColorInterp
 from rio_cogeo.cogeo import cog_validate
 
-from ndgeo.engine import cached_load, chunk_shape, run, scene_statistics
+from ndgeo.engine import CACHE_SIZE, cached_load, chunk_shape, run, scene_statistics
 from ndgeo.errors import NdgeoError
 from ndgeo.raster import open_raster
 
@@ -370,6 +370,28 @@ def test_cached_load_once_per_file_version(tmp_path):
     weights.write_bytes(b"v2")
     os.utime(weights, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
     assert cached_load(weights, loader) == b"v2" and len(loads) == 2
+
+
+def test_cached_load_keeps_only_the_most_recently_used(tmp_path):
+    loads = []
+
+    def loader(path):
+        loads.append(Path(path).name)
+        return Path(path).name
+
+    files = []
+    for i in range(CACHE_SIZE + 1):
+        files.append(tmp_path / f"m{i}.bin")
+        files[-1].write_bytes(b"x")
+    for f in files[:CACHE_SIZE]:
+        cached_load(f, loader)
+    cached_load(files[0], loader)  # m0 is now the most recent; m1 the least
+    cached_load(files[CACHE_SIZE], loader)  # evicts m1
+    assert len(loads) == CACHE_SIZE + 1
+    cached_load(files[0], loader)
+    assert len(loads) == CACHE_SIZE + 1
+    cached_load(files[1], loader)
+    assert loads[-1] == "m1.bin" and len(loads) == CACHE_SIZE + 2
 
 
 # --- distributed -----------------------------------------------------------------------------

@@ -76,10 +76,12 @@ def apply_cmd(
 ) -> None:
     """Apply a trained model chunk-wise to IMAGE and write class ids, probabilities or indices."""
     info = open_raster(image, bands=parse_list(bands), sensor=sensor, nodata=nodata)
+    if not dry_run:  # before the denoiser's statistics pass
+        check_output(out, overwrite=overwrite)
     processor, positions = lib.model_processor(
         model, info, outputs=[o for item in output for o in parse_list(item) or []],
         batch_size=batch_size, device=device, quantize_proba=quantize, denoiser=denoise,
-        chunk_size=chunk_size,
+        chunk_size=chunk_size, compute_stats=not dry_run, scheduler=scheduler, workers=workers,
     )
     _run(ctx, processor, info, positions, out, chunk_size=chunk_size, scheduler=scheduler,
          workers=workers, co=co, config=config, cog=cog, overwrite=overwrite, dry_run=dry_run,
