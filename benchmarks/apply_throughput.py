@@ -431,7 +431,7 @@ def profile(src: str, model: str, chunk: int, n_windows: int = 12) -> None:
     iproc, ipositions = lib.index_processor(info, names=["NDVI"])
     windows = plan_windows(info.shape, chunk_shape(chunk, info.block_shape, info.shape))
     windows = windows[len(windows) // 3:][:n_windows]
-    net = proc._model()
+    net = proc._model(torch.device("cpu"))
     t: dict[str, float] = {}
 
     def tick(name: str, t0: float) -> float:

@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -148,8 +149,9 @@ class ModelProcessor:
         # With nodata 0, a pixel with any band at 0 is invalid already: no all-zero pass.
         self.check_all_zero = image.nodata != 0 or self.denoiser is not None
 
-    def _model(self):
-        return cached_load(self.model_path, _load_band_major, key="band-major")
+    def _model(self, device: torch.device):
+        return cached_load(self.model_path, partial(_load_band_major, device=device),
+                           key=("band-major", str(device)))
 
     def __call__(self, block: np.ndarray, valid: np.ndarray) -> np.ndarray:
         device = resolve_device(self.device)
@@ -170,7 +172,7 @@ class ModelProcessor:
         pixels = block[:, valid] if gathered else block.reshape(block.shape[0], -1)
         if pixels.shape[1] == 0:
             return out
-        model = self._model().to(device)
+        model = self._model(device)
 
         def run(fn) -> np.ndarray:
             # float32 batches; reflectance below 0 is clipped to 0, as in training.
@@ -217,8 +219,8 @@ class ModelProcessor:
         return out
 
 
-def _load_band_major(path: str):
-    return band_major(load_model(path)[0])
+def _load_band_major(path: str, device: torch.device):
+    return band_major(load_model(path)[0]).to(device)
 
 
 def _rgb(color) -> tuple[int, int, int]:

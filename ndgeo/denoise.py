@@ -22,6 +22,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import rasterio
@@ -396,7 +397,8 @@ class DenoiseProcessor:
         device = resolve_device(self.device)
         if device.type == "cpu":
             one_torch_thread()
-        model = engine.cached_load(self.denoiser_path, load_denoiser, key="denoiser")[0].to(device)
+        model = engine.cached_load(self.denoiser_path, partial(_load_denoiser_on, device=device),
+                                   key=("denoiser", str(device)))
         y = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(device)[None]
         mask = torch.from_numpy(np.ascontiguousarray(valid)).to(device)[None, None]
         u = ((y.double() - self.data_min) / self.data_range).float()
@@ -525,6 +527,10 @@ def denoise_stage(
 
 
 # --------------------------------------------------------------------------- mismatch diagnostic
+
+
+def _load_denoiser_on(path: str, device: torch.device) -> nn.Module:
+    return load_denoiser(path)[0].to(device)
 
 
 def array_stats(block: np.ndarray, valid: np.ndarray, pooling: str = "joint") -> dict:

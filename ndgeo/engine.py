@@ -102,7 +102,10 @@ def cached_load(
 
     Use it inside ``Processor.__call__`` so each worker process loads a model once and no
     weights travel with the tasks. A file rewritten on disk (new mtime) is loaded again, and
-    only the :data:`CACHE_SIZE` most recently used entries are kept.
+    only the :data:`CACHE_SIZE` most recently used entries are kept. Every engine thread of the
+    process shares the loaded object, so nothing may change it per call: a module's
+    ``.to(device)`` reassigns its parameters even when they are already there, under a forward
+    pass running in another thread. Load onto the device instead, with the device in ``key``.
     """
     path = os.path.abspath(os.fspath(path))
     cache_key = (path, os.stat(path).st_mtime_ns, key)
