@@ -22,23 +22,23 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-_ONE_THREAD = False
-_ONE_THREAD_LOCK = threading.Lock()
+_THREAD_LOCK = threading.Lock()
 
 
 def one_torch_thread() -> None:
-    """Run torch on one thread in this process: the engine already runs one task per core.
+    """Run torch ops of the calling thread on one thread: the engine runs one task per core.
 
-    torch's thread count is process-wide, so it is set once; with two torch threads inside each
-    of two engine threads, CPU inference ran 3.6x slower (benchmarks/apply_throughput.py
-    --profile). Processors call this before any torch work of a task. The lock makes every
-    other engine thread wait until the count is set, so it never changes under a running op.
+    With two torch threads inside each of two engine threads, CPU inference ran 3.6x slower
+    (benchmarks/apply_throughput.py --profile), and results depended on the thread count.
+    Processors call this at the start of every task. torch's OpenMP setting is per thread and
+    others may change it (training restores its caller's count), so it is checked every time;
+    the lock keeps two engine threads from changing it at once.
     """
-    global _ONE_THREAD
-    with _ONE_THREAD_LOCK:
-        if not _ONE_THREAD:
+    if torch.get_num_threads() == 1:
+        return
+    with _THREAD_LOCK:
+        if torch.get_num_threads() != 1:
             torch.set_num_threads(1)
-            _ONE_THREAD = True
 
 
 def batches(n: int, batch_size: int) -> Iterator[slice]:

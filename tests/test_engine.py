@@ -87,6 +87,23 @@ class Classes:
         return np.digitize(nd, [-0.3, 0.3])[None]
 
 
+class TorchThreads:
+    """Writes the torch thread count a task sees after ``one_torch_thread``."""
+
+    halo = 0
+    out_count = 1
+    out_dtype = "uint8"
+    out_nodata = 255
+
+    def __call__(self, block, valid):
+        import torch
+
+        from ndgeo.device import one_torch_thread
+
+        one_torch_thread()
+        return np.full((1, *valid.shape), torch.get_num_threads(), dtype="uint8")
+
+
 class CountingND(NormalizedDifference):
     """Appends one line per call to a file: counts calls across threads and processes."""
 
@@ -248,6 +265,25 @@ def test_gdal_mask_or_alpha_band_marks_pixels_invalid(tmp_path, kind):
     stats = scene_statistics(image, [0, 1], chunk_size=32)
     assert stats["count"] == keep.sum()
     np.testing.assert_allclose(stats["mean"], raw[:2, keep].mean(axis=1), rtol=1e-12)
+
+
+def test_tasks_run_torch_on_one_thread_even_after_someone_changed_it(tmp_path):
+    """Training restores its caller's torch thread count; engine tasks must still get one
+    thread each (two per task made inference 3.6x slower and changed float results)."""
+    import torch
+
+    make_image(tmp_path / "in.tif")
+    image = open_raster(tmp_path / "in.tif")
+    before = torch.get_num_threads()
+    try:
+        run(TorchThreads(), image, [0], tmp_path / "a.tif", chunk_size=32, threads=2)
+        torch.set_num_threads(2)  # e.g. ndgeo.train restoring the caller's count
+        run(TorchThreads(), image, [0], tmp_path / "b.tif", chunk_size=32, threads=2)
+    finally:
+        torch.set_num_threads(before)
+    for name in ("a.tif", "b.tif"):
+        seen = read(tmp_path / name)[0]
+        assert set(np.unique(seen[seen != 255]).tolist()) == {1}
 
 
 def test_all_nodata_windows_are_not_processed(tmp_path):
