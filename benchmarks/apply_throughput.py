@@ -420,9 +420,9 @@ def profile(src: str, model: str, chunk: int, n_windows: int = 12) -> None:
 
     from ndgeo import apply as lib
     from ndgeo.device import batches
-    from ndgeo.engine import _lazy_bands, _read, chunk_shape, plan_windows
+    from ndgeo.engine import _lazy_bands, chunk_shape, plan_windows
     from ndgeo.nn.inference import argmax_rows
-    from ndgeo.raster import open_raster, to_float_block, valid_mask
+    from ndgeo.raster import open_raster, to_float, valid_mask
     from ndgeo.writer import GeoTIFFWriter
 
     info = open_raster(src)
@@ -447,15 +447,16 @@ def profile(src: str, model: str, chunk: int, n_windows: int = 12) -> None:
                            nodata=p.out_nodata, overwrite=True) as dst:
             for w in windows:
                 t0 = time.perf_counter()
-                raw, _, _, _ = _read(source, (w.row_off, w.col_off, w.height, w.width), 0,
-                                     info.shape)
+                raw = source.isel(y=slice(w.row_off, w.row_off + w.height),
+                                  x=slice(w.col_off, w.col_off + w.width)).values
                 t0 = tick(f"{label}: read {len(pos)} bands", t0)
+                valid = valid_mask(raw, info.nodata)
+                t0 = tick(f"{label}: valid mask", t0)
                 if getattr(p, "raw_input", False):
-                    block, valid = raw, valid_mask(raw, info.nodata)
-                    t0 = tick(f"{label}: valid mask (raw input)", t0)
+                    block = raw
                 else:
-                    block, valid = to_float_block(raw, info.nodata)
-                    t0 = tick(f"{label}: to_float_block", t0)
+                    block = to_float(raw, valid)
+                    t0 = tick(f"{label}: to float32 with NaN", t0)
                 if label == "apply":  # the processor's steps, timed one by one
                     x = torch.from_numpy(block.reshape(block.shape[0], -1))
                     with torch.no_grad():

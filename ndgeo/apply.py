@@ -146,8 +146,9 @@ class ModelProcessor:
         kind = np.dtype(image.dtype).kind
         # Unsigned pixels are never negative, so the clip at 0 is skipped (unless denoised).
         self.clip_negative = kind not in "u" or self.denoiser is not None
-        # With nodata 0, a pixel with any band at 0 is invalid already: no all-zero pass.
-        self.check_all_zero = image.nodata != 0 or self.denoiser is not None
+        # Unsigned with nodata 0: a pixel with any band at 0 is invalid already, so no pixel is
+        # all <= 0 (after the clip) and the all-zero pass is skipped.
+        self.check_all_zero = not (kind == "u" and image.nodata == 0) or self.denoiser is not None
 
     def _model(self, device: torch.device):
         return cached_load(self.model_path, partial(_load_band_major, device=device),
@@ -182,6 +183,11 @@ class ModelProcessor:
             return run_batched(lambda b: fn(b.float()), pixels, self.batch_size, device, axis=1)
 
         def put(dst: np.ndarray, values: np.ndarray) -> None:
+            # Masked pixels may hold NaN; the engine overwrites them, so no cast warning.
+            with np.errstate(invalid="ignore"):
+                _put(dst, values)
+
+        def _put(dst: np.ndarray, values: np.ndarray) -> None:
             if gathered:
                 dst[valid] = values
             elif extra_mask is None:
@@ -189,22 +195,18 @@ class ModelProcessor:
             else:
                 np.copyto(dst, values.reshape(dst.shape), where=extra_mask, casting="unsafe")
 
-        band = 0
         outputs = self.outputs
-        indices = logits = None
-        if "indices" in outputs:
-            indices = run(model.indices)
         if outputs == ["class"]:
-            ids = run(lambda b: argmax_rows(model(b)))
-            put(out[0], ids + 1)
+            put(out[0], run(lambda b: argmax_rows(model(b))).astype(self.out_dtype) + 1)
             return out
-        if "class" in outputs or "proba" in outputs:
-            logits = run(model) if indices is None else run_batched(
-                lambda h: model.from_indices(h), indices, self.batch_size, device, axis=1
-            )
+        # Logits from the model's own forward, as for class-only output (the indices output is
+        # clamped to [-1, 1] and could move a tie by an ulp).
+        logits = run(model) if "class" in outputs or "proba" in outputs else None
+        indices = run(model.indices) if "indices" in outputs else None
+        band = 0
         for o in outputs:
             if o == "class":
-                put(out[band], argmax_rows(torch.from_numpy(logits)).numpy() + 1)
+                put(out[band], argmax_rows(torch.from_numpy(logits)).numpy() + 1.0)
                 band += 1
             elif o == "proba":
                 proba = torch.softmax(torch.from_numpy(logits), dim=0).numpy()
@@ -333,14 +335,16 @@ def model_processor(
     denoiser: str | os.PathLike | None = None,
     chunk_size: int = 1024,
     compute_stats: bool = True,
-    **stats_options: object,
+    scheduler: object = None,
+    workers: int | None = None,
+    gdal_env: dict | None = None,
 ) -> tuple[ModelProcessor, list[int]]:
     """Build the processor and input band positions for ``ndgeo apply``.
 
     The model file is read once here (for its metadata and formulas); workers load it again
     from ``model_path`` once per process. Bands are matched by name, never by position. With a
-    ``denoiser``, the scene statistics pass runs here (``stats_options``: scheduler, workers)
-    unless ``compute_stats`` is False (dry runs).
+    ``denoiser``, the scene statistics pass runs here on ``scheduler`` / ``workers`` with
+    ``gdal_env``, as the run will, unless ``compute_stats`` is False (dry runs).
     """
     resolve_device(device)  # fail early on --device cuda without a GPU
     model, meta = load_model(model_path)
@@ -355,7 +359,8 @@ def model_processor(
         from ndgeo.denoise import denoise_stage
 
         stage = denoise_stage(denoiser, image, positions, chunk_size=chunk_size, device=device,
-                              compute_stats=compute_stats, **stats_options)
+                              compute_stats=compute_stats, scheduler=scheduler,
+                              workers=workers, gdal_env=gdal_env)
         halo = stage.halo
     processor = ModelProcessor(
         os.path.abspath(model_path), meta, outputs=outputs, batch_size=batch_size,

@@ -449,12 +449,14 @@ def denoise_processor(
     device: str = "auto",
     chunk_size: int = 1024,
     compute_stats: bool = True,
-    **stats_options: object,
+    scheduler: object = None,
+    workers: int | None = None,
+    gdal_env: dict | None = None,
 ) -> tuple[DenoiseProcessor, list[int], int]:
     """Processor, input band positions and aligned chunk size for ``ndgeo denoise apply``.
 
     Bands are matched by name to the denoiser's. The scene statistics are computed here, once,
-    with :func:`ndgeo.engine.scene_statistics` (``stats_options``: scheduler, workers, ...);
+    with :func:`ndgeo.engine.scene_statistics` on ``scheduler`` / ``workers`` with ``gdal_env``;
     ``compute_stats=False`` (dry runs) leaves them at 0. ``out_dtype="same"`` keeps the input
     type (rounded and clipped). Output nodata: the input's (it must fit the output type; a
     NaN one counts as none for integer output), else NaN for float output or the type's minimum
@@ -479,7 +481,8 @@ def denoise_processor(
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (0.0,)
     if compute_stats:
-        stats = engine.scene_statistics(image, positions, chunk_size=chunk, **stats_options)
+        stats = engine.scene_statistics(image, positions, chunk_size=chunk, scheduler=scheduler,
+                                        workers=workers, gdal_env=gdal_env)
         mean, std = _stats_for(model, stats)
     processor = DenoiseProcessor(
         os.path.abspath(denoiser_path), float(meta["data_min"]), float(meta["data_range"]),
@@ -500,7 +503,9 @@ def denoise_stage(
     chunk_size: int,
     device: str = "auto",
     compute_stats: bool = True,
-    **stats_options: object,
+    scheduler: object = None,
+    workers: int | None = None,
+    gdal_env: dict | None = None,
 ) -> DenoiseProcessor:
     """The denoising stage of ``ndgeo apply --denoise``: ``.halo`` and ``.denoise(block, valid)``
     on blocks holding the image bands at ``positions`` (the classifier's).
@@ -511,7 +516,7 @@ def denoise_stage(
     """
     processor, wanted, chunk = denoise_processor(
         denoiser_path, image, out_dtype="float32", device=device, chunk_size=chunk_size,
-        compute_stats=compute_stats, **stats_options,
+        compute_stats=compute_stats, scheduler=scheduler, workers=workers, gdal_env=gdal_env,
     )
     missing = [image.bands[p].name for p in wanted if p not in positions]
     if missing:

@@ -57,17 +57,23 @@ def run_batched(fn, x: np.ndarray, batch_size: int, device: torch.device, *,
     ``axis=0``: rows of ``(N, C)`` pixels, ``fn`` returns ``(n, K)``; ``axis=1``: columns of
     band-major ``(C, N)`` pixels, ``fn`` returns ``(K, n)`` or ``(n,)``. Results keep ``fn``'s
     dtype (float results come back as float32) and are written into one preallocated array. On
-    CPU a batch is a view of ``x`` (no copy); on CUDA it is copied to pinned memory and sent
-    without blocking, and each result comes back before the next batch is sent.
+    CPU a batch is a view of ``x`` (no copy); on CUDA it is copied to pinned memory (uint16 and
+    uint32 as float32) and sent without blocking, and each result comes back before the next
+    batch is sent.
     """
     n = x.shape[axis]
     cuda = device.type == "cuda"
     out: np.ndarray | None = None
     for part in batches(n, batch_size):
         index = (part,) if axis == 0 else (slice(None), part)
-        batch = torch.from_numpy(np.ascontiguousarray(x[index]) if cuda else x[index])
         if cuda:
+            # torch's uint16/uint32 have little CUDA support: those become float32 on the host.
+            host = x[index]
+            dtype = np.float32 if host.dtype.kind == "u" and host.dtype.itemsize > 1 else None
+            batch = torch.from_numpy(np.ascontiguousarray(host, dtype=dtype))
             batch = batch.pin_memory().to(device, non_blocking=True)
+        else:
+            batch = torch.from_numpy(x[index])
         result = fn(batch)
         if result.is_floating_point():
             result = result.float()

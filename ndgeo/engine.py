@@ -149,19 +149,25 @@ def _lazy_bands(image: RasterInfo, band_positions: Sequence[int]) -> xr.DataArra
     return data.isel(band=list(band_positions))
 
 
-def _read(source: xr.DataArray, window: tuple[int, int, int, int], halo: int,
-          shape: tuple[int, int], mask_path: str | None = None,
-          ) -> tuple[np.ndarray, np.ndarray | None, int, int]:
-    """Read window (row, col, h, w) grown by ``halo``, clipped: the raw bands, the file's GDAL
-    mask when ``mask_path`` is given (else None), and the core's offset in them."""
+def _read(
+    source: xr.DataArray,
+    window: tuple[int, int, int, int],
+    halo: int,
+    shape: tuple[int, int],
+    nodata: float | None,
+    mask: tuple[str, int] | None,
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Read window (row, col, h, w) grown by ``halo``, clipped: the raw bands, their valid
+    pixels (nodata, non-finite and, with ``mask`` = (path, band), the file's GDAL mask) and the
+    core's offset in them."""
     row, col, h, w = window
     row0, col0 = max(0, row - halo), max(0, col - halo)
     row1, col1 = min(shape[0], row + h + halo), min(shape[1], col + w + halo)
     raw = source.isel(y=slice(row0, row1), x=slice(col0, col1)).values
-    mask = None
-    if mask_path is not None:
-        mask = read_gdal_mask(mask_path, Window(col0, row0, col1 - col0, row1 - row0))
-    return raw, mask, row - row0, col - col0
+    valid = valid_mask(raw, nodata)
+    if mask is not None:
+        valid &= read_gdal_mask(mask[0], Window(col0, row0, col1 - col0, row1 - row0), mask[1])
+    return raw, valid, row - row0, col - col0
 
 
 def _process_window(
@@ -170,15 +176,12 @@ def _process_window(
     nodata: float | None,
     shape: tuple[int, int],
     gdal_env: dict[str, Any],
-    mask_path: str | None,
+    mask: tuple[str, int] | None,
     window: tuple[int, int, int, int],
 ) -> np.ndarray | None:
     """One task: read, mask, process, crop. None when the window has no valid pixel."""
     with rasterio.Env(**gdal_env):
-        raw, mask, dr, dc = _read(source, window, processor.halo, shape, mask_path)
-    valid = valid_mask(raw, nodata)
-    if mask is not None:
-        valid &= mask
+        raw, valid, dr, dc = _read(source, window, processor.halo, shape, nodata, mask)
     block = raw if getattr(processor, "raw_input", False) else to_float(raw, valid)
     h, w = window[2:]
     core = valid[dr : dr + h, dc : dc + w]
@@ -199,15 +202,12 @@ def _window_stats(
     nodata: float | None,
     shape: tuple[int, int],
     gdal_env: dict[str, Any],
-    mask_path: str | None,
+    mask: tuple[str, int] | None,
     window: tuple[int, int, int, int],
 ) -> tuple[int, np.ndarray, np.ndarray]:
     """Count, per-band mean and M2 (sum of squared deviations) of the valid pixels, float64."""
     with rasterio.Env(**gdal_env):
-        raw, mask, _, _ = _read(source, window, 0, shape, mask_path)
-    valid = valid_mask(raw, nodata)
-    if mask is not None:
-        valid &= mask
+        raw, valid, _, _ = _read(source, window, 0, shape, nodata, mask)
     values = raw[:, valid].astype(np.float64)
     n = values.shape[1]
     if n == 0:
@@ -215,6 +215,11 @@ def _window_stats(
         return 0, zeros, zeros
     mean = values.mean(axis=1)
     return n, mean, ((values - mean[:, None]) ** 2).sum(axis=1)
+
+
+def _mask_source(image: RasterInfo, positions: Sequence[int]) -> tuple[str, int] | None:
+    """(path, 1-based band) of the GDAL mask to read, or None when the file has none."""
+    return (image.path, positions[0] + 1) if image.has_mask else None
 
 
 def _merge(a: tuple, b: tuple) -> tuple:
@@ -411,9 +416,9 @@ def run(
     done = skipped = 0
     start = time.perf_counter()
     # Static arguments ride in a partial so dask does not traverse (or rebuild) the processor.
-    mask_path = image.path if image.has_mask else None
     task = dask.delayed(
-        partial(_process_window, source, processor, image.nodata, image.shape, env, mask_path),
+        partial(_process_window, source, processor, image.nodata, image.shape, env,
+                _mask_source(image, positions)),
         pure=False,
     )
     with rasterio.Env(**env), _client(scheduler, workers, env) as (client, name, slots):
@@ -510,9 +515,10 @@ def scene_statistics(
     env = _gdal_env(gdal_env)
     windows = plan_windows(image.shape, chunk_shape(chunk_size, image.block_shape, image.shape))
     source = _lazy_bands(image, positions)
-    mask_path = image.path if image.has_mask else None
     task = dask.delayed(
-        partial(_window_stats, source, image.nodata, image.shape, env, mask_path), pure=False
+        partial(_window_stats, source, image.nodata, image.shape, env,
+                _mask_source(image, positions)),
+        pure=False,
     )
     k = len(positions)
     total = (0, np.zeros(k), np.zeros(k))

@@ -158,8 +158,7 @@ def valid_mask(block: np.ndarray, nodata: float | None) -> np.ndarray:
     valid = np.ones(block.shape[1:], dtype=bool)
     scratch = np.empty_like(valid)
     check_value = nodata is not None and not math.isnan(nodata)
-    # The nodata value fits the pixel type (check_nodata), so compare in that type.
-    value = block.dtype.type(nodata) if check_value else None
+    value = _as_pixel_type(nodata, block.dtype) if check_value else None
     for band in block:
         if block.dtype.kind == "f":
             valid &= np.isfinite(band, out=scratch)
@@ -168,10 +167,21 @@ def valid_mask(block: np.ndarray, nodata: float | None) -> np.ndarray:
     return valid
 
 
-def read_gdal_mask(path: str, window: Window) -> np.ndarray:
-    """The file's GDAL mask (per-dataset mask or alpha band) over ``window``, True = valid."""
+def _as_pixel_type(value: float, dtype: np.dtype) -> float | np.generic:
+    """``value`` in ``dtype`` when it is exactly representable (a cheaper comparison), else
+    as is: a file's nodata such as 7.25 on uint16 pixels matches no pixel."""
+    try:
+        typed = dtype.type(value)
+    except (OverflowError, ValueError):
+        return value
+    return typed if float(typed) == value else value
+
+
+def read_gdal_mask(path: str, window: Window, band: int = 1) -> np.ndarray:
+    """The file's GDAL mask (per-dataset mask or alpha band) of ``band`` (1-based) over
+    ``window``, True = valid."""
     with rasterio.open(path) as src:
-        return src.read_masks(1, window=window) != 0
+        return src.read_masks(band, window=window) != 0
 
 
 def to_float(raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -191,11 +201,5 @@ def read_float_block(
     raw = src.read([p + 1 for p in positions], window=window)
     valid = valid_mask(raw, info.nodata)
     if info.has_mask:
-        valid &= src.read_masks(1, window=window) != 0
-    return to_float(raw, valid), valid
-
-
-def to_float_block(raw: np.ndarray, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """float32 copy of a raw (bands, h, w) block with NaN at invalid pixels, and the mask."""
-    valid = valid_mask(raw, nodata)
+        valid &= src.read_masks(positions[0] + 1, window=window) != 0
     return to_float(raw, valid), valid

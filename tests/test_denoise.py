@@ -20,7 +20,7 @@ from ndgeo.checkpoint import load_model, save_model
 from ndgeo.cli import app
 from ndgeo.errors import NdgeoError
 from ndgeo.nn import WNE, NDClassifier, measure_receptive_field
-from ndgeo.raster import open_raster, to_float_block
+from ndgeo.raster import open_raster, read_float_block
 from ndgeo.sample import CLASSES, make_sample
 
 runner = CliRunner()
@@ -85,7 +85,7 @@ def whole_reference(processor, path):
     """The denoiser on the whole in-memory image with the same scene statistics."""
     info = open_raster(path)
     with rasterio.open(path) as src:
-        block, valid = to_float_block(src.read(), info.nodata)
+        block, valid = read_float_block(src, info, range(info.count))
     return processor.denoise(block, valid), valid
 
 
@@ -231,7 +231,7 @@ def test_apply_with_denoise_equals_denoise_then_apply(scene, denoisers, tmp_path
     torch.manual_seed(0)
     classifier = NDClassifier(info.count, len(CLASSES), n_indices=4)
     with rasterio.open(scene["tiled"]) as src:  # fit BatchNorm: several classes, not one
-        block, valid = to_float_block(src.read(), info.nodata)
+        block, valid = read_float_block(src, info, range(info.count))
     classifier.norm.momentum = None
     with torch.no_grad():
         classifier(torch.from_numpy(block[:, valid].T))

@@ -92,11 +92,12 @@ def test_argmax_rows_matches_torch_argmax_with_first_index_on_ties():
         assert torch.equal(got.long(), want)
 
 
-def test_argmax_rows_beyond_256_rows_is_int32():
-    scores = torch.zeros(300, 5)
-    scores[299, 2] = 1.0
+def test_argmax_rows_type_leaves_room_for_one_based_ids():
+    assert argmax_rows(torch.zeros(255, 3)).dtype == torch.uint8
+    scores = torch.zeros(256, 5)
+    scores[255, 2] = 1.0
     got = argmax_rows(scores)
-    assert got.dtype == torch.int32 and got.tolist() == [0, 0, 299, 0, 0]
+    assert got.dtype == torch.int32 and got.tolist() == [0, 0, 255, 0, 0]
 
 
 def test_run_batched_columns_and_rows_agree():

@@ -8,7 +8,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from ndgeo.errors import NdgeoError
-from ndgeo.raster import open_raster, to_float_block, valid_mask
+from ndgeo.raster import open_raster, to_float, valid_mask
 
 
 def _write(path, data, *, nodata=None, descriptions=None, block=32, compress="deflate"):
@@ -99,8 +99,14 @@ def test_valid_mask_integer_block_and_float_conversion():
     raw = np.array([[[0, 5], [7, 9]], [[3, 0], [2, 1]]], dtype="uint16")
     valid = valid_mask(raw, 0)
     np.testing.assert_array_equal(valid, [[False, False], [True, True]])
-    block, mask = to_float_block(raw, 0)
+    block = to_float(raw, valid)
     assert block.dtype == np.float32
-    np.testing.assert_array_equal(mask, valid)
     assert np.isnan(block[:, ~valid]).all()
     np.testing.assert_array_equal(block[:, valid], raw[:, valid].astype("float32"))
+
+
+def test_valid_mask_nodata_that_the_pixel_type_cannot_hold_matches_nothing():
+    raw = np.array([[[7, 8]], [[7, 9]]], dtype="uint16")
+    assert valid_mask(raw, 7.25).all()  # GDAL lets a file say 7.25; no uint16 pixel is 7.25
+    assert valid_mask(raw, -9999.0).all()
+    np.testing.assert_array_equal(valid_mask(raw, 7.0), [[False, True]])

@@ -82,6 +82,7 @@ def apply_cmd(
         model, info, outputs=[o for item in output for o in parse_list(item) or []],
         batch_size=batch_size, device=device, quantize_proba=quantize, denoiser=denoise,
         chunk_size=chunk_size, compute_stats=not dry_run, scheduler=scheduler, workers=workers,
+        gdal_env=parse_key_values(config, "--config") or None,
     )
     _run(ctx, processor, info, positions, out, chunk_size=chunk_size, scheduler=scheduler,
          workers=workers, co=co, config=config, cog=cog, overwrite=overwrite, dry_run=dry_run,

@@ -12,7 +12,7 @@ from rich.table import Table
 from ndgeo import denoise as lib
 from ndgeo.checkpoint import save_model
 from ndgeo.cli._app import app, console, err_console, is_quiet
-from ndgeo.cli._common import parse_list, print_json
+from ndgeo.cli._common import parse_key_values, parse_list, print_json
 from ndgeo.cli.apply import (
     _BANDS,
     _CHUNK,
@@ -124,6 +124,7 @@ def denoise_apply(
     processor, positions, chunk = lib.denoise_processor(
         denoiser, info, out_dtype=dtype, device=device, chunk_size=chunk_size,
         compute_stats=not dry_run, scheduler=scheduler, workers=workers,
+        gdal_env=parse_key_values(config, "--config") or None,
     )
     _run(ctx, processor, info, positions, out, chunk_size=chunk, scheduler=scheduler,
          workers=workers, co=co, config=config, cog=cog, overwrite=overwrite, dry_run=dry_run,

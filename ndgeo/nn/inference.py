@@ -125,13 +125,14 @@ def band_major(model: nn.Module) -> nn.Module:
 def argmax_rows(scores: torch.Tensor) -> torch.Tensor:
     """Row index of the largest value in each column of ``scores`` (M, N), first on ties.
 
-    uint8 for up to 256 rows, else int32. On the CPU this is M - 1 compare-and-select passes in
-    numpy: torch's ``argmax(dim=0)`` is a strided reduction (~250 ns/pixel for 4 rows on this
-    project's CPU) and its bool kernels (``gt``, ``masked_fill_``) ran at 1.5-10 ns/element
-    against numpy's 0.2. Columns holding NaN (masked pixels) give an arbitrary row.
+    uint8 for up to 255 rows (so 1-based class ids cannot wrap), else int32. On the CPU this is
+    M - 1 compare-and-select passes in numpy: torch's ``argmax(dim=0)`` is a strided reduction
+    (~250 ns/pixel for 4 rows on this project's CPU) and its bool kernels (``gt``,
+    ``masked_fill_``) ran at 1.5-10 ns/element against numpy's 0.2. Columns holding NaN
+    (masked pixels) give an arbitrary row.
     """
     rows, n = scores.shape
-    dtype = np.uint8 if rows <= 256 else np.int32
+    dtype = np.uint8 if rows <= 255 else np.int32
     if scores.device.type != "cpu":
         return scores.argmax(dim=0).to(getattr(torch, np.dtype(dtype).name))
     values = scores.detach().numpy()
