@@ -317,7 +317,8 @@ def test_bad_apply_input_is_one_line_exit_2_and_writes_nothing(
     assert {p.name: p.read_bytes() for p in outdir.iterdir()} == before
 
 
-def test_mlp_model_has_no_indices_output(sample_scene, tiled, tmp_path):
+def test_mlp_applies_class_and_proba_but_has_no_indices(sample_scene, tiled, tmp_path,
+                                                         helpers):
     model = tmp_path / "mlp.safetensors"
     result = runner.invoke(app, ["-q", "train", str(sample_scene.image),
                                  str(sample_scene.labels_raster), "-o", str(model), "--model",
@@ -326,6 +327,10 @@ def test_mlp_model_has_no_indices_output(sample_scene, tiled, tmp_path):
     result = _apply(model, tiled, tmp_path / "o.tif", "--output", "indices")
     assert result.exit_code == 2 and "ND model" in result.output
     assert not (tmp_path / "o.tif").exists()
+    result = _apply(model, tiled, tmp_path / "c.tif", "--output", "class,proba", "--chunk-size",
+                    "32")  # its band-major form equals the MLP itself
+    assert result.exit_code == 0, result.output
+    _assert_matches_model(tmp_path / "c.tif", tiled, model, ["class", "proba"], helpers)
 
 
 # ------------------------------------------------------------------------------ SIGKILL
