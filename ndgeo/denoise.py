@@ -34,6 +34,7 @@ from ndgeo import engine
 from ndgeo.apply import match_model_bands
 from ndgeo.bands import select_bands
 from ndgeo.checkpoint import load_model
+from ndgeo.config import DenoiseConfig
 from ndgeo.device import one_torch_thread, resolve_device
 from ndgeo.errors import NdgeoError
 from ndgeo.nn.denoisers import build_denoiser, start_at_identity
@@ -42,12 +43,6 @@ from ndgeo.raster import SUPPORTED_DTYPES, RasterInfo, check_nodata, read_float_
 
 #: Metadata ``task`` of denoiser files (classifier files have none).
 TASK = "denoise"
-
-SIGMA_RULE = (
-    "S in data units (e.g. 150 for reflectance x 10000), or S% = S percent of the data range "
-    "(max - min of the training pixels)"
-)
-
 
 # --------------------------------------------------------------------------- noise levels
 
@@ -174,40 +169,6 @@ def run_denoiser(
 
 
 # --------------------------------------------------------------------------- training
-
-
-@dataclass
-class DenoiseConfig:
-    """Options of :func:`train_denoiser`. The defaults train a useful DnCNN on the 256 px sample
-    scene in about a minute of CPU (benchmarks/results/wne_mismatch.md)."""
-
-    backbone: str = "dncnn"
-    sigma: str = "2%"
-    wne: bool = True
-    pooling: str = "joint"
-    patch: int = 40
-    steps: int = 500
-    batch_size: int = 8
-    lr: float = 2e-3
-    seed: int = 0
-    depth: int | None = None
-    width: int | None = None
-    window: int | None = None
-    device: str = "auto"
-    cache_mb: float = 128.0
-
-    def backbone_kwargs(self) -> dict:
-        """Constructor arguments of the backbone (``width`` is the transformer's ``dim``)."""
-        kw: dict = {}
-        if self.depth is not None:
-            kw["depth"] = self.depth
-        if self.width is not None:
-            kw["dim" if self.backbone == "transformer" else "width"] = self.width
-        if self.window is not None:
-            if self.backbone != "transformer":
-                raise NdgeoError(f"--window applies to the transformer, not {self.backbone!r}")
-            kw["window"] = self.window
-        return kw
 
 
 def halo_for(model: nn.Module) -> int:

@@ -17,12 +17,13 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import nn
 
+from ndgeo.config import TrainConfig
 from ndgeo.device import resolve_device
 from ndgeo.errors import NdgeoError
 from ndgeo.labels import TrainingPixels
@@ -96,55 +97,6 @@ def split_pixels(
                if mode == "block" else "")
         )
     return train_idx.astype(np.int64), val_idx.astype(np.int64)
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (JSON-able through :meth:`to_dict`)."""
-
-    model: str = "nd"  # "nd" or "mlp"
-    n_indices: int = 8
-    depth: int = 1
-    pairwise: bool = False
-    head_norm: str = "batchnorm"  # on ND outputs: "batchnorm", "affine" or "none"
-    mlp_hidden: tuple[int, ...] = (64, 32)
-    epochs: int = 200
-    batch_size: int = 512
-    min_steps_per_epoch: int = 20  # tiny sets: an epoch is at least this many batches
-    lr: float = 1e-2  # ND raw parameters (no weight decay)
-    head_lr: float = 1e-3  # head, normalisation
-    mlp_lr: float = 3e-3
-    weight_decay: float = 1e-4  # head and MLP only
-    patience: int = 25  # epochs without validation accuracy or loss improvement before stopping
-    grad_clip: float = 1.0
-    class_weight: str = "balanced"  # or "none"
-    band_scale: str = "median"  # or "none": per-band 1/median of the training pixels
-    init: str = "pairs"  # or "jitter"
-    split: str = "block"  # or "random"
-    val_fraction: float = 0.2
-    block_size: int = 32
-    eps: float = 1e-6
-    device: str = "auto"  # "auto", "cpu" or "cuda"
-    threads: int = 1  # CPU threads while training: per-pixel models are too small to gain more
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        choices = {"model": ("nd", "mlp"), "class_weight": ("balanced", "none"),
-                   "band_scale": ("median", "none"), "init": ("pairs", "jitter"),
-                   "split": ("block", "random"), "device": ("auto", "cpu", "cuda"),
-                   "head_norm": ("batchnorm", "affine", "none")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise NdgeoError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("n_indices", "depth", "epochs", "batch_size", "patience", "threads"):
-            if getattr(self, name) < 1:
-                raise NdgeoError(f"{name} must be >= 1, got {getattr(self, name)}")
-        self.mlp_hidden = tuple(int(h) for h in self.mlp_hidden)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["mlp_hidden"] = list(self.mlp_hidden)
-        return d
 
 
 @dataclass

@@ -48,3 +48,16 @@ def test_python_dash_m_runs():
 def test_unknown_option_is_a_usage_error():
     result = runner.invoke(app, ["--no-such-option"])
     assert result.exit_code == 2
+
+
+def test_cli_start_up_imports_no_heavy_library():
+    """`ndgeo --help` and argument errors come without importing torch or the xarray stack
+    (about 3 s of imports on the project's machine); commands import what they use."""
+    code = ("import sys, ndgeo.cli; heavy = ('torch', 'xarray', 'rioxarray', 'dask', 'pyogrio', "
+            "'spyndex'); print(sorted(m for m in heavy if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    result = runner.invoke(app, ["denoise", "train", "--help"])
+    assert result.exit_code == 0 and "500" in result.output  # DenoiseConfig.steps default

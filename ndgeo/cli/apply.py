@@ -6,8 +6,6 @@ from pathlib import Path
 
 import typer
 
-from ndgeo import apply as lib
-from ndgeo import engine
 from ndgeo.cli._app import app, console, is_quiet
 from ndgeo.cli._common import parse_key_values, parse_list, pixel_progress, print_json
 from ndgeo.raster import open_raster
@@ -29,6 +27,7 @@ _DRY = typer.Option(False, "--dry-run", help="Print the plan (chunks, output pro
 
 def _run(ctx: typer.Context, processor, info, positions, out: Path, *, chunk_size, scheduler,
          workers, co, config, cog, overwrite, dry_run, what: str) -> None:
+    from ndgeo import engine
     options = dict(
         chunk_size=chunk_size, scheduler=scheduler, workers=workers, overwrite=overwrite,
         cog=cog, creation_options=parse_key_values(co), dry_run=dry_run,
@@ -75,6 +74,8 @@ def apply_cmd(
     dry_run: bool = _DRY,
 ) -> None:
     """Apply a trained model chunk-wise to IMAGE and write class ids, probabilities or indices."""
+    from ndgeo import apply as lib
+
     info = open_raster(image, bands=parse_list(bands), sensor=sensor, nodata=nodata)
     if not dry_run:  # before the denoiser's statistics pass
         check_output(out, overwrite=overwrite)
@@ -111,6 +112,8 @@ def index_cmd(
     dry_run: bool = _DRY,
 ) -> None:
     """Compute catalogue or exported indices chunk-wise, without a model."""
+    from ndgeo import apply as lib
+
     info = open_raster(image, bands=parse_list(bands), sensor=sensor, nodata=nodata)
     processor, positions = lib.index_processor(
         info, names=parse_list(name) or [], formulas=formula or [], formula_file=formula_file,

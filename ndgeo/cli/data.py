@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
-from ndgeo import engine
-from ndgeo.apply import model_processor
-from ndgeo.checkpoint import save_model
 from ndgeo.cli._app import app, console, is_quiet
 from ndgeo.cli._common import pixel_progress
 from ndgeo.cli.train import print_formulas, print_metrics
+from ndgeo.config import TrainConfig
 from ndgeo.errors import NdgeoError
-from ndgeo.labels import load_many
 from ndgeo.raster import open_raster
-from ndgeo.sample import SampleScene, describe_scene, make_sample, validate_sample
-from ndgeo.train import TrainConfig, train_model
+
+if TYPE_CHECKING:
+    from ndgeo.sample import SampleScene
 
 
 @app.command("sample-data")
@@ -29,6 +28,8 @@ def sample_data(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing sample files."),
 ) -> None:
     """Write a small synthetic labelled Sentinel-2 scene with a known separating index."""
+    from ndgeo.sample import make_sample
+
     scene = make_sample(outdir, seed=seed, size=size, overwrite=overwrite)
     if not is_quiet(ctx):
         _print_scene(scene)
@@ -69,6 +70,13 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Seed of the training run."),
 ) -> None:
     """The whole job on the sample scene: check data, train, print learned formulas, apply."""
+    from ndgeo import engine
+    from ndgeo.apply import model_processor
+    from ndgeo.checkpoint import save_model
+    from ndgeo.labels import load_many
+    from ndgeo.sample import describe_scene, make_sample, validate_sample
+    from ndgeo.train import train_model
+
     quiet = is_quiet(ctx)
     say = (lambda *a, **k: None) if quiet else console.print
     if not data.exists():

@@ -9,8 +9,6 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ndgeo import denoise as lib
-from ndgeo.checkpoint import save_model
 from ndgeo.cli._app import app, console, err_console, is_quiet
 from ndgeo.cli._common import parse_key_values, parse_list, print_json
 from ndgeo.cli.apply import (
@@ -28,6 +26,7 @@ from ndgeo.cli.apply import (
     _WORKERS,
     _run,
 )
+from ndgeo.config import SIGMA_RULE, DenoiseConfig
 from ndgeo.errors import NdgeoError
 from ndgeo.raster import open_raster
 from ndgeo.writer import check_output
@@ -61,11 +60,11 @@ def denoise_train(
     backbone: str = typer.Option("dncnn", "--backbone", help="dncnn, transformer (window attention) or ne-arch (equivariant by construction, never wrapped)."),
     wne: bool = typer.Option(True, "--wne/--no-wne", help="Wrap the backbone in WNE (default) or train it unwrapped (baseline)."),
     pooling: str = typer.Option("joint", "--pooling", help="WNE statistics over all bands jointly (joint, the paper's) or per band (band)."),
-    sigma: str = typer.Option(..., "--sigma", help=f"Training noise std: {lib.SIGMA_RULE}."),
-    patch: int = typer.Option(lib.DenoiseConfig.patch, "--patch", help="Training patch size in pixels."),
-    steps: int = typer.Option(lib.DenoiseConfig.steps, "--steps", help="Optimizer steps."),
-    batch_size: int = typer.Option(lib.DenoiseConfig.batch_size, "--batch-size", help="Patches per step."),
-    lr: float = typer.Option(lib.DenoiseConfig.lr, "--lr", help="Adam learning rate (halved at 50% and 75% of the steps)."),
+    sigma: str = typer.Option(..., "--sigma", help=f"Training noise std: {SIGMA_RULE}."),
+    patch: int = typer.Option(DenoiseConfig.patch, "--patch", help="Training patch size in pixels."),
+    steps: int = typer.Option(DenoiseConfig.steps, "--steps", help="Optimizer steps."),
+    batch_size: int = typer.Option(DenoiseConfig.batch_size, "--batch-size", help="Patches per step."),
+    lr: float = typer.Option(DenoiseConfig.lr, "--lr", help="Adam learning rate (halved at 50% and 75% of the steps)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (patches, noise, weights)."),
     depth: int | None = typer.Option(None, "--depth", help="Backbone depth (layers or transformer blocks)."),
     width: int | None = typer.Option(None, "--width", help="Backbone channels (transformer: embedding dim)."),
@@ -77,9 +76,12 @@ def denoise_train(
     device: str = _DEVICE,
 ) -> None:
     """Train a denoiser on clean patches with synthetic Gaussian noise."""
+    from ndgeo import denoise as lib
+    from ndgeo.checkpoint import save_model
+
     check_output(out, overwrite=overwrite)
     infos = [open_raster(p, bands=parse_list(bands), sensor=sensor, nodata=nodata) for p in images]
-    config = lib.DenoiseConfig(
+    config = DenoiseConfig(
         backbone=backbone, sigma=sigma, wne=wne, pooling=pooling, patch=patch, steps=steps,
         batch_size=batch_size, lr=lr, seed=seed, depth=depth, width=width, window=window,
         device=device,
@@ -118,6 +120,8 @@ def denoise_apply(
     dry_run: bool = _DRY,
 ) -> None:
     """Denoise IMAGE chunk-wise with scene statistics: equal to whole-scene denoising."""
+    from ndgeo import denoise as lib
+
     info = open_raster(image, bands=parse_list(bands), sensor=sensor, nodata=nodata)
     if not dry_run:
         check_output(out, overwrite=overwrite)
@@ -145,6 +149,8 @@ def denoise_evaluate(
     nodata: float | None = _NODATA,
 ) -> None:
     """Noise-mismatch diagnostic: PSNR before and after denoising at several noise levels."""
+    from ndgeo import denoise as lib
+
     info = open_raster(image, bands=parse_list(bands), sensor=sensor, nodata=nodata)
     levels = parse_list(sigmas)
     if not levels:

@@ -9,16 +9,11 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ndgeo import formula as fm
-from ndgeo.apply import require_classifier
-from ndgeo.checkpoint import load_model, save_model
 from ndgeo.cli._app import app, console, err_console, is_quiet
 from ndgeo.cli._common import parse_list, print_json
 from ndgeo.cli.apply import _DEVICE, _NODATA, _SENSOR
+from ndgeo.config import TrainConfig
 from ndgeo.errors import NdgeoError
-from ndgeo.labels import load_many, read_manifest
-from ndgeo.metrics import evaluate_model, noise_robustness
-from ndgeo.train import TrainConfig, compare_models, train_model
 from ndgeo.writer import check_output
 
 _PRECISION = typer.Option(3, "--precision", help="Decimal places of printed coefficients.")
@@ -39,6 +34,8 @@ def _scenes(image: Path | None, labels: Path | None, scene: list[str] | None,
             raise NdgeoError(f"--scene expects IMAGE,LABELS, got {item!r}")
         pairs.append((Path(img), Path(lab)))
     if manifest is not None:
+        from ndgeo.labels import read_manifest
+
         pairs += read_manifest(manifest)
     if not pairs:
         raise NdgeoError("nothing to train on: give IMAGE LABELS, --scene IMAGE,LABELS or --manifest")
@@ -76,6 +73,8 @@ def print_metrics(metrics: dict, classes: list[str], title: str) -> None:
 
 def print_formulas(model, meta: dict, *, threshold: float = 0.05, precision: int = 3) -> None:
     """The learned indices with their nearest catalogue index, and what each class uses."""
+    from ndgeo import formula as fm
+
     if meta["config"].get("kind") != "nd":
         return
     console.print("[bold]learned indices[/]")
@@ -128,6 +127,10 @@ def train(
     threshold: float = _THRESHOLD,
 ) -> None:
     """Train an ND classifier on labeled scenes and print its learned index formulas."""
+    from ndgeo.checkpoint import save_model
+    from ndgeo.labels import load_many
+    from ndgeo.train import compare_models, train_model
+
     quiet = is_quiet(ctx)
     out_path = Path(check_output(out, overwrite=overwrite))
     report_path = None if no_report else Path(report or out_path.with_suffix(".png"))
@@ -185,6 +188,9 @@ def formula(
     domain: str = typer.Option("vegetation", "--domain", help="application_domain of --format asi entries."),
 ) -> None:
     """Print a model's learned first-layer indices as formulas over band names."""
+    from ndgeo import formula as fm
+    from ndgeo.checkpoint import load_model
+
     net, meta = load_model(model)
     formulas = fm.model_formulas(net, meta, threshold=threshold, precision=precision)
     if fmt == "text":
@@ -210,6 +216,11 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Accuracy, kappa, per-class F1 and confusion matrix on a labeled scene (optionally under noise)."""
+    from ndgeo.apply import require_classifier
+    from ndgeo.checkpoint import load_model
+    from ndgeo.labels import load_many
+    from ndgeo.metrics import evaluate_model, noise_robustness
+
     net, meta = load_model(model)
     require_classifier(meta, model)
     classes = [c["name"] for c in meta["classes"]]
