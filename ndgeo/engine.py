@@ -486,6 +486,7 @@ def _plan(image, positions, out_path, processor, chunks, windows, writer_options
             "descriptions": list(writer_options["descriptions"] or []),
             "creation_options": profile,
         },
+        **_batch_plan(processor, chunks),
         "scheduler": sched,
         "in_flight": in_flight if slots else "2 x worker threads",
         "gdal_env": {k: str(v) for k, v in env.items()},
@@ -493,6 +494,21 @@ def _plan(image, positions, out_path, processor, chunks, windows, writer_options
             (in_flight * (in_bytes + out_bytes)) / 2**20 + cache_mb, 1
         ),
     }
+
+
+def _batch_plan(processor: Processor, chunks: tuple[int, int]) -> dict[str, Any]:
+    """Model batches per chunk, for processors that run a model in batches."""
+    batch_size = getattr(processor, "batch_size", None)
+    if not batch_size:
+        return {}
+    plan: dict[str, Any] = {
+        "batch_size": int(batch_size),
+        "batches_per_chunk": math.ceil(chunks[0] * chunks[1] / batch_size),
+    }
+    device = getattr(processor, "device", None)
+    if device is not None:
+        plan["device"] = str(device)
+    return plan
 
 
 def scene_statistics(

@@ -130,6 +130,8 @@ def test_chunk_size_rounds_to_file_blocks(nd_model, tiled, tmp_path, case, helpe
     plan = _plan(nd_model.path, image, out, chunk)
     assert plan["chunk_shape"] == chunks and plan["chunk_grid"] == grid
     assert plan["chunks"] == grid[0] * grid[1]
+    assert plan["batch_size"] == 16384 and plan["batches_per_chunk"] == 1
+    assert plan["device"] == "auto"
     assert not out.exists()  # --dry-run writes nothing
     assert plan["output"] == str(out) and plan["output_exists"] is False
     result = _apply(nd_model.path, image, out, "--chunk-size", str(chunk))
