@@ -167,6 +167,23 @@ def test_bands_are_matched_by_name_not_position(nd_model, tiled, tmp_path):
                           equal_nan=True)
 
 
+def test_band_names_option_names_an_undescribed_image(nd_model, tiled, tmp_path):
+    """`--band-names` (as in `ndgeo train`) names the bands of a file without descriptions."""
+    bare = tmp_path / "bare.tif"
+    with rasterio.open(tiled) as src:
+        profile, data, names = src.profile, src.read(), list(src.descriptions)
+    with rasterio.open(bare, "w", **profile) as dst:
+        dst.write(data)
+    result = _apply(nd_model.path, bare, tmp_path / "x.tif")
+    assert result.exit_code == 2 and "not found" in result.output
+    named = ["--band-names", ",".join(names)]
+    for image, out, extra in ((tiled, "a.tif", []), (bare, "b.tif", named)):
+        result = _apply(nd_model.path, image, tmp_path / out, "--output", "class,proba", *extra)
+        assert result.exit_code == 0, result.output
+    assert np.array_equal(_read(tmp_path / "a.tif")[0], _read(tmp_path / "b.tif")[0],
+                          equal_nan=True)
+
+
 def test_class_output_has_colour_table_and_class_names(nd_model, tiled, tmp_path):
     out = tmp_path / "c.tif"
     assert _apply(nd_model.path, tiled, out).exit_code == 0

@@ -348,7 +348,7 @@ def test_user_errors_exit_2_and_write_nothing(scene, denoisers, tmp_path):
     cases = [
         (("denoise", "apply", tmp_path / "missing.safetensors", scene["tiled"], "-o", out),
          "not found"),
-        (("denoise", "apply", denoisers["dncnn"], scene["tiled"], "-o", out, "--bands",
+        (("denoise", "apply", denoisers["dncnn"], scene["tiled"], "-o", out, "--band-names",
           renamed), "not found in the raster"),
         (("denoise", "apply", denoisers["dncnn"], scene["tiled"], "-o", existing), "exists"),
         (("denoise", "train", scene["tiled"], "-o", existing, "--sigma", "2%"), "exists"),

@@ -11,7 +11,7 @@ from ndgeo.cli._common import parse_key_values, parse_list, pixel_progress, prin
 from ndgeo.raster import open_raster
 from ndgeo.writer import check_output
 
-_BANDS = typer.Option(None, "--bands", help="Band names or 1-based indexes of the image, comma-separated, overriding its band descriptions.")
+_BANDS = typer.Option(None, "--band-names", help="Name every image band (comma-separated), overriding its descriptions; as in `ndgeo train`.")
 _SENSOR = typer.Option(None, "--sensor", help="Sensor preset naming the bands: sentinel-2, landsat-8, landsat-7, generic.")
 _NODATA = typer.Option(None, "--nodata", help="Input nodata value, overriding the file's.")
 _CHUNK = typer.Option(1024, "--chunk-size", help="Pixels per side of a dask chunk (I/O unit), rounded to the file's tiling.")
