@@ -183,6 +183,7 @@ def _child_main(args: argparse.Namespace) -> None:
     if args.variant in ("apply", "index"):
         import typer._adapters  # noqa: F401  (pydantic, imported by typer on first parse)
 
+        import ndgeo.apply  # noqa: F401  (the CLI imports the library when a command runs)
         import ndgeo.cli  # noqa: F401
     elif args.variant == "engine":
         import ndgeo.engine  # noqa: F401
