@@ -31,7 +31,7 @@ from ndgeo.formula import (
     to_plain,
 )
 from ndgeo.nn.inference import argmax_rows, band_major
-from ndgeo.raster import RasterInfo
+from ndgeo.raster import RasterInfo, physical_scaling
 
 OUTPUTS = ("class", "proba", "indices")
 
@@ -90,6 +90,8 @@ class ModelProcessor:
     clip_negative: bool = field(init=False, default=True)
     check_all_zero: bool = field(init=False, default=True)
     raw_input: bool = field(init=False, default=True)
+    #: (scale, offset) per input band from the file's GDAL metadata, None for raw = physical.
+    scaling: tuple | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:  # checked here, not in the first task: fail before any I/O
@@ -144,11 +146,12 @@ class ModelProcessor:
     def prepare(self, image: RasterInfo) -> None:
         """Note what the input type rules out (called once by the engine, before any task)."""
         kind = np.dtype(image.dtype).kind
-        # Unsigned pixels are never negative, so the clip at 0 is skipped (unless denoised).
-        self.clip_negative = kind not in "u" or self.denoiser is not None
+        exact = self.denoiser is None and self.scaling is None  # values reach the model as read
+        # Unsigned pixels are never negative, so the clip at 0 is skipped.
+        self.clip_negative = kind not in "u" or not exact
         # Unsigned with nodata 0: a pixel with any band at 0 is invalid already, so no pixel is
         # all <= 0 (after the clip) and the all-zero pass is skipped.
-        self.check_all_zero = not (kind == "u" and image.nodata == 0) or self.denoiser is not None
+        self.check_all_zero = not (kind == "u" and image.nodata == 0) or not exact
 
     def _model(self, device: torch.device):
         return cached_load(self.model_path, partial(_load_band_major, device=device),
@@ -163,8 +166,9 @@ class ModelProcessor:
         out = np.full((self.out_count, *block.shape[1:]), self.out_nodata, dtype=self.out_dtype)
         extra_mask = None  # pixels invalid here but not to the engine
         if self.check_all_zero:
-            # Pixels that are 0 in every band are nodata to training (ndgeo.labels) too.
-            nonzero = (block > 0).any(axis=0)
+            # Pixels with no band above 0 (physical units, after the clip) are nodata to
+            # training (ndgeo.labels) too.
+            nonzero = _any_positive(block, self.scaling)
             if not nonzero.all():
                 valid = extra_mask = valid & nonzero
         # Band-major (C, N) pixels: the whole block as a view when most pixels are valid (the
@@ -175,12 +179,21 @@ class ModelProcessor:
             return out
         model = self._model(device)
 
+        scale = offset = None
+        if self.scaling is not None:
+            scale, offset = (torch.tensor(v, dtype=torch.float32, device=device)[:, None]
+                             for v in self.scaling)
+
+        def prepared(b: torch.Tensor) -> torch.Tensor:
+            # float32 batches in physical units; reflectance below 0 is clipped to 0, as in
+            # training.
+            x = b.float()
+            if scale is not None:
+                x = torch.addcmul(offset, x, scale)
+            return x.clamp_min(0) if self.clip_negative else x
+
         def run(fn) -> np.ndarray:
-            # float32 batches; reflectance below 0 is clipped to 0, as in training.
-            if self.clip_negative:
-                return run_batched(lambda b: fn(b.float().clamp_min(0)), pixels,
-                                   self.batch_size, device, axis=1)
-            return run_batched(lambda b: fn(b.float()), pixels, self.batch_size, device, axis=1)
+            return run_batched(lambda b: fn(prepared(b)), pixels, self.batch_size, device, axis=1)
 
         def put(dst: np.ndarray, values: np.ndarray) -> None:
             # Masked pixels may hold NaN; the engine overwrites them, so no cast warning.
@@ -221,6 +234,17 @@ class ModelProcessor:
         return out
 
 
+def _any_positive(block: np.ndarray, scaling: tuple | None) -> np.ndarray:
+    """Pixels of ``block`` (C, h, w) with a band above 0 in physical units."""
+    if scaling is None:
+        return (block > 0).any(axis=0)
+    positive = np.zeros(block.shape[1:], dtype=bool)
+    with np.errstate(invalid="ignore"):
+        for band, scale, offset in zip(block, *scaling, strict=True):
+            positive |= band > -offset / scale  # scale > 0 (physical_scaling checks it)
+    return positive
+
+
 def _load_band_major(path: str, device: torch.device):
     return band_major(load_model(path)[0]).to(device)
 
@@ -244,6 +268,8 @@ class IndexProcessor:
     halo: int = 0
     out_dtype: str = "float32"
     out_nodata: float = float("nan")
+    #: (scale, offset) per input band from the file's GDAL metadata, applied before ``scale``.
+    scaling: tuple | None = None
 
     def __post_init__(self) -> None:
         self.out_count = len(self.expressions)
@@ -253,7 +279,12 @@ class IndexProcessor:
             self.tags["NDGEO_INPUT_SCALE"] = str(self.scale)
 
     def __call__(self, block: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        arrays = {var: block[i] * self.scale for i, var in enumerate(self.variables)}
+        if self.scaling is None:
+            arrays = {var: block[i] * self.scale for i, var in enumerate(self.variables)}
+        else:
+            gains, shifts = self.scaling
+            arrays = {var: (block[i] * gains[i] + shifts[i]) * self.scale
+                      for i, var in enumerate(self.variables)}
         out = np.stack([evaluate(text, arrays, self.constants) for _, text in self.expressions])
         out = out.astype(np.float32)
         out[~np.isfinite(out)] = np.nan
@@ -299,7 +330,8 @@ def index_processor(
             elif var not in variables:
                 variables.append(var)
     positions = select_bands(variables, image.bands)
-    return IndexProcessor(exprs, variables, constants, scale=scale), positions
+    scaling = physical_scaling(image.scales, image.offsets, positions)
+    return IndexProcessor(exprs, variables, constants, scale=scale, scaling=scaling), positions
 
 
 def _read_formula_file(path: str | os.PathLike) -> list[tuple[str, str]]:
@@ -366,6 +398,7 @@ def model_processor(
         os.path.abspath(model_path), meta, outputs=outputs, batch_size=batch_size,
         device=device, quantize_proba=quantize_proba, index_descriptions=descriptions,
         denoiser=stage, halo=halo,
+        scaling=physical_scaling(image.scales, image.offsets, positions),
     )
     return processor, positions
 

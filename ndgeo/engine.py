@@ -471,6 +471,7 @@ def _plan(image, positions, out_path, processor, chunks, windows, writer_options
         "band_positions": positions,
         "input_nodata": image.nodata,
         "input_gdal_mask": image.has_mask,
+        "input_scaling": _scaling_plan(processor, image, positions),
         "input_block_shape": list(image.block_shape),
         "chunk_shape": list(chunks),
         "chunks": len(windows),
@@ -494,6 +495,15 @@ def _plan(image, positions, out_path, processor, chunks, windows, writer_options
             (in_flight * (in_bytes + out_bytes)) / 2**20 + cache_mb, 1
         ),
     }
+
+
+def _scaling_plan(processor: Processor, image: RasterInfo,
+                  positions: Sequence[int]) -> dict[str, list[float]] | None:
+    """The GDAL scale/offset the processor applies, by band name (None: none)."""
+    scaling = getattr(processor, "scaling", None)
+    if scaling is None:
+        return None
+    return {image.bands[p].name: [s, o] for p, s, o in zip(positions, *scaling, strict=True)}
 
 
 def _batch_plan(processor: Processor, chunks: tuple[int, int]) -> dict[str, Any]:

@@ -4,7 +4,9 @@ Labels are either a class raster (0 or its nodata = unlabelled) or vector featur
 points) with a class field. Both are brought onto the image grid tile by tile; only the image
 windows that hold labels are read, so memory follows the labelled pixels, never the scene.
 
-Pixel policy (documented, applied in this order, counted in ``TrainingPixels.excluded``):
+Values are in physical units: a band's GDAL scale and offset metadata is applied after the
+nodata test (:func:`ndgeo.raster.physical_scaling`). Pixel policy (documented, applied in this
+order, counted in ``TrainingPixels.excluded``):
 
 - ``nodata``: any selected band equals the image nodata (or the ``nodata`` override), or the
   dataset mask marks the pixel invalid;
@@ -39,6 +41,7 @@ from rasterio.windows import Window
 
 from ndgeo.bands import Band, resolve_bands, select_bands
 from ndgeo.errors import NdgeoError
+from ndgeo.raster import physical_scaling
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2"}
 EXCLUSION_REASONS = ("nodata", "nonfinite", "negative", "zero")
@@ -325,6 +328,7 @@ class _PixelReader:
         self.nodata = src.nodata if nodata is None else nodata
         flags = [src.mask_flag_enums[i - 1] for i in indexes]
         self.use_mask = any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags)
+        self.scaling = physical_scaling(src.scales, src.offsets, [i - 1 for i in indexes])
         self.negative = negative
         self.excluded = dict.fromkeys(EXCLUSION_REASONS, 0)
         self.clipped = 0
@@ -340,6 +344,9 @@ class _PixelReader:
             invalid |= np.any(data == np.float32(self.nodata), axis=0)
         if self.use_mask:
             invalid |= self.src.read_masks(self.indexes[0], window=window) == 0
+        if self.scaling is not None:  # nodata above is in raw units; models see physical ones
+            scale, offset = (np.asarray(v, dtype=np.float32)[:, None, None] for v in self.scaling)
+            data = data * scale + offset
         return data, invalid
 
     def clean(self, X: np.ndarray, invalid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

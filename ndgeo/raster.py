@@ -47,6 +47,9 @@ class RasterInfo:
     res: tuple[float, float]
     #: The file has a GDAL per-dataset mask or an alpha band; 0 there means invalid.
     has_mask: bool = False
+    #: GDAL band scale and offset metadata (physical value = raw * scale + offset), per band.
+    scales: tuple[float, ...] = ()
+    offsets: tuple[float, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -93,6 +96,8 @@ def open_raster(
             file_nodata = src.nodata
             mask_flags = src.mask_flag_enums
             info = dict(
+                scales=tuple(float(v) for v in src.scales),
+                offsets=tuple(float(v) for v in src.offsets),
                 width=src.width,
                 height=src.height,
                 count=src.count,
@@ -165,6 +170,23 @@ def valid_mask(block: np.ndarray, nodata: float | None) -> np.ndarray:
         if check_value:
             valid &= np.not_equal(band, value, out=scratch)
     return valid
+
+
+def physical_scaling(
+    scales: Sequence[float], offsets: Sequence[float], positions: Sequence[int]
+) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(scale, offset) of the bands at 0-based ``positions``, or None when every one is the
+    identity. ND indices are invariant to a common scale but not to offsets (e.g. Sentinel-2
+    L2A from processing baseline 04.00 stores reflectance + 0.1, Landsat C2 L2 reflectance +
+    0.2), so values are converted to physical units wherever they reach a model or formula."""
+    scale = tuple(float(scales[p]) if p < len(scales) else 1.0 for p in positions)
+    offset = tuple(float(offsets[p]) if p < len(offsets) else 0.0 for p in positions)
+    if all(v == 1.0 for v in scale) and all(v == 0.0 for v in offset):
+        return None
+    bad = [v for v in scale if not (math.isfinite(v) and v > 0)]
+    if bad:
+        raise NdgeoError(f"band scale metadata must be positive and finite, got {bad[0]:g}")
+    return scale, offset
 
 
 def _as_pixel_type(value: float, dtype: np.dtype) -> float | np.generic:
