@@ -264,26 +264,27 @@ class IndexProcessor:
     expressions: Sequence[tuple[str, str]]  # (name, formula)
     variables: Sequence[str]  # formula variable of each input band, in engine band order
     constants: dict = field(default_factory=dict)
-    scale: float = 1.0
     halo: int = 0
     out_dtype: str = "float32"
     out_nodata: float = float("nan")
-    #: (scale, offset) per input band from the file's GDAL metadata, applied before ``scale``.
+    #: (scale, offset) per input band from the file's GDAL metadata or --scale/--offset.
     scaling: tuple | None = None
 
     def __post_init__(self) -> None:
         self.out_count = len(self.expressions)
         self.descriptions = [f"{name} = {text}" for name, text in self.expressions]
         self.tags = {"NDGEO_INDICES": json.dumps(dict(self.expressions))}
-        if self.scale != 1.0:
-            self.tags["NDGEO_INPUT_SCALE"] = str(self.scale)
+        if self.scaling is not None:
+            self.tags["NDGEO_INPUT_SCALING"] = json.dumps(
+                dict(zip(self.variables, zip(*self.scaling, strict=True), strict=True))
+            )
 
     def __call__(self, block: np.ndarray, valid: np.ndarray) -> np.ndarray:
         if self.scaling is None:
-            arrays = {var: block[i] * self.scale for i, var in enumerate(self.variables)}
+            arrays = {var: block[i] for i, var in enumerate(self.variables)}
         else:
             gains, shifts = self.scaling
-            arrays = {var: (block[i] * gains[i] + shifts[i]) * self.scale
+            arrays = {var: block[i] * gains[i] + shifts[i]
                       for i, var in enumerate(self.variables)}
         out = np.stack([evaluate(text, arrays, self.constants) for _, text in self.expressions])
         out = out.astype(np.float32)
@@ -297,7 +298,6 @@ def index_processor(
     names: Sequence[str] = (),
     formulas: Sequence[str] = (),
     formula_file: str | os.PathLike | None = None,
-    scale: float = 1.0,
 ) -> tuple[IndexProcessor, list[int]]:
     """Build the processor and input band positions for ``ndgeo index``.
 
@@ -331,7 +331,7 @@ def index_processor(
                 variables.append(var)
     positions = select_bands(variables, image.bands)
     scaling = physical_scaling(image.scales, image.offsets, positions)
-    return IndexProcessor(exprs, variables, constants, scale=scale, scaling=scaling), positions
+    return IndexProcessor(exprs, variables, constants, scaling=scaling), positions
 
 
 def _read_formula_file(path: str | os.PathLike) -> list[tuple[str, str]]:

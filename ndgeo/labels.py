@@ -41,7 +41,7 @@ from rasterio.windows import Window
 
 from ndgeo.bands import Band, resolve_bands, select_bands
 from ndgeo.errors import NdgeoError
-from ndgeo.raster import physical_scaling
+from ndgeo.raster import override_scaling, physical_scaling
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2"}
 EXCLUSION_REASONS = ("nodata", "nonfinite", "negative", "zero")
@@ -139,6 +139,8 @@ def load_training_pixels(
     max_pixels: int | None = None,
     min_class_pixels: int = 10,
     seed: int = 0,
+    scale: float | None = None,
+    offset: float | None = None,
 ) -> TrainingPixels:
     """Band values of the labelled pixels of one image.
 
@@ -164,6 +166,8 @@ def load_training_pixels(
         max_pixels=max_pixels,
         min_class_pixels=min_class_pixels,
         seed=seed,
+        scale=scale,
+        offset=offset,
     )
 
 
@@ -181,11 +185,14 @@ def load_many(
     max_pixels: int | None = None,
     min_class_pixels: int = 10,
     seed: int = 0,
+    scale: float | None = None,
+    offset: float | None = None,
 ) -> TrainingPixels:
     """Labelled pixels of several ``(image, labels)`` scenes with one class mapping.
 
     Bands are matched by name (or ASI letter) across scenes, in the first scene's order.
-    Options are those of :func:`load_training_pixels`.
+    Options are those of :func:`load_training_pixels`; ``scale`` / ``offset`` override every
+    scene's GDAL scale/offset metadata (:func:`ndgeo.raster.override_scaling`).
     """
     if not pairs:
         raise NdgeoError("no (image, labels) pairs given")
@@ -201,7 +208,7 @@ def load_many(
             Path(image_path), Path(labels_path), label_field=label_field,
             bands=bands if ref_bands is None else [b.letter or b.name for b in ref_bands],
             band_names=band_names, sensor=sensor, nodata=nodata, negative=negative,
-            max_pixels=max_pixels, rng=rng,
+            max_pixels=max_pixels, rng=rng, scale=scale, offset=offset,
         )
         ref_bands = ref_bands or scene.bands
         scenes.append(scene)
@@ -280,6 +287,7 @@ def read_manifest(path: str | Path) -> list[tuple[Path, Path]]:
 def _read_scene(
     image_path: Path, labels_path: Path, *, label_field: str, bands, band_names, sensor,
     nodata, negative: str, max_pixels: int | None, rng: np.random.Generator,
+    scale: float | None = None, offset: float | None = None,
 ) -> _Scene:
     if not image_path.exists():
         raise NdgeoError(f"image not found: {image_path}")
@@ -294,7 +302,8 @@ def _read_scene(
         positions = select_bands(bands, all_bands) if bands else list(range(src.count))
         chosen = [all_bands[i] for i in positions]
         acc = _Accumulator(max_pixels, rng)
-        reader = _PixelReader(src, [p + 1 for p in positions], nodata, negative)
+        scaling = override_scaling(src.scales, src.offsets, scale, offset)
+        reader = _PixelReader(src, [p + 1 for p in positions], nodata, negative, **scaling)
         if labels_path.suffix.lower() in RASTER_SUFFIXES:
             tiles, value_names, notes = _raster_label_tiles(src, labels_path)
             keys = None
@@ -322,13 +331,14 @@ def _read_scene(
 class _PixelReader:
     """Reads image windows and applies the pixel policy, counting what it drops."""
 
-    def __init__(self, src, indexes: list[int], nodata: float | None, negative: str):
+    def __init__(self, src, indexes: list[int], nodata: float | None, negative: str, *,
+                 scales: Sequence[float], offsets: Sequence[float]):
         self.src = src
         self.indexes = indexes
         self.nodata = src.nodata if nodata is None else nodata
         flags = [src.mask_flag_enums[i - 1] for i in indexes]
         self.use_mask = any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags)
-        self.scaling = physical_scaling(src.scales, src.offsets, [i - 1 for i in indexes])
+        self.scaling = physical_scaling(scales, offsets, [i - 1 for i in indexes])
         self.negative = negative
         self.excluded = dict.fromkeys(EXCLUSION_REASONS, 0)
         self.clipped = 0

@@ -68,11 +68,14 @@ def open_raster(
     bands: Sequence[str] | None = None,
     sensor: str | None = None,
     nodata: float | None = None,
+    scale: float | None = None,
+    offset: float | None = None,
 ) -> RasterInfo:
     """Open and validate an input raster.
 
     ``bands`` renames the bands (one name per band), ``sensor`` resolves sensor band ids, and
-    ``nodata`` overrides the file's nodata value (it must fit the pixel type).
+    ``nodata`` overrides the file's nodata value (it must fit the pixel type). ``scale`` and
+    ``offset`` (physical = raw x scale + offset) override the GDAL metadata of every band.
     """
     path = os.path.abspath(os.fspath(path))
     if not os.path.exists(path):
@@ -112,6 +115,7 @@ def open_raster(
         raise NdgeoError(f"cannot read {path} as a raster (corrupt or truncated?): {exc}") from exc
     if nodata is not None:
         check_nodata(nodata, dtype, what="--nodata")
+    info.update(override_scaling(info["scales"], info["offsets"], scale, offset))
     effective = nodata if nodata is not None else file_nodata
     names = resolve_bands(descriptions, bands=bands, sensor=sensor)
     has_mask = any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in mask_flags)
@@ -170,6 +174,22 @@ def valid_mask(block: np.ndarray, nodata: float | None) -> np.ndarray:
         if check_value:
             valid &= np.not_equal(band, value, out=scratch)
     return valid
+
+
+def override_scaling(
+    scales: Sequence[float], offsets: Sequence[float], scale: float | None,
+    offset: float | None,
+) -> dict[str, tuple[float, ...]]:
+    """``{"scales", "offsets"}`` per band with ``--scale`` / ``--offset`` replacing the file's
+    metadata where given (for files that do not declare it, e.g. Sentinel-2 SAFE JP2)."""
+    if scale is not None and not (math.isfinite(scale) and scale > 0):
+        raise NdgeoError(f"--scale must be a positive number, got {scale:g}")
+    if offset is not None and not math.isfinite(offset):
+        raise NdgeoError(f"--offset must be a finite number, got {offset:g}")
+    return {
+        "scales": tuple(scales) if scale is None else (float(scale),) * len(scales),
+        "offsets": tuple(offsets) if offset is None else (float(offset),) * len(offsets),
+    }
 
 
 def physical_scaling(

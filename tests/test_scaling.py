@@ -87,3 +87,46 @@ def test_training_pixels_are_in_physical_units(pair, sample_scene):
     from_encoded = load_many([(encoded_path, sample_scene.labels_vector)], seed=0)
     assert from_encoded.X.shape == from_reflectance.X.shape
     np.testing.assert_allclose(from_encoded.X, from_reflectance.X, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def undeclared(pair, tmp_path_factory):
+    """The offset-encoded file without its scale/offset metadata (as in Sentinel-2 SAFE JP2)."""
+    _, encoded_path, _, _ = pair
+    path = tmp_path_factory.mktemp("undeclared") / "undeclared.tif"
+    with rasterio.open(encoded_path) as src:
+        data, profile, names = src.read(), src.profile, list(src.descriptions)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        dst.descriptions = names
+    with rasterio.open(path) as src:
+        assert src.scales[0] == 1.0 and src.offsets[0] == 0.0
+    return path
+
+
+def test_scale_and_offset_options_stand_in_for_missing_metadata(pair, undeclared, sample_scene,
+                                                                tmp_path):
+    from ndgeo.labels import load_many
+
+    _, encoded_path, _, valid = pair
+    outs = []
+    for image, extra in ((encoded_path, []), (undeclared, ["--scale", "0.0001", "--offset",
+                                                           "-0.1"])):
+        out = tmp_path / f"{image.stem}-ndvi.tif"
+        result = cli("index", image, "-o", out, "--name", "NDVI", *extra)
+        assert result.exit_code == 0, result.output
+        with rasterio.open(out) as src:
+            outs.append(src.read(1))
+    np.testing.assert_array_equal(outs[0][valid], outs[1][valid])
+    declared = load_many([(encoded_path, sample_scene.labels_vector)], seed=0)
+    overridden = load_many([(undeclared, sample_scene.labels_vector)], seed=0, scale=1e-4,
+                           offset=-0.1)
+    np.testing.assert_allclose(overridden.X, declared.X, atol=1e-6)
+
+
+@pytest.mark.parametrize("option", [["--scale", "0"], ["--scale", "-1"], ["--offset", "nan"]])
+def test_bad_scale_or_offset_is_one_line_exit_2(pair, tmp_path, option):
+    _, encoded_path, _, _ = pair
+    result = cli("index", encoded_path, "-o", tmp_path / "x.tif", "--name", "NDVI", *option)
+    assert result.exit_code == 2 and option[0] in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "x.tif").exists()

@@ -14,6 +14,8 @@ from ndgeo.writer import check_output
 _BANDS = typer.Option(None, "--band-names", help="Name every image band (comma-separated), overriding its descriptions; as in `ndgeo train`.")
 _SENSOR = typer.Option(None, "--sensor", help="Sensor preset naming the bands: sentinel-2, landsat-8, landsat-7, generic.")
 _NODATA = typer.Option(None, "--nodata", help="Input nodata value, overriding the file's.")
+_SCALE = typer.Option(None, "--scale", help="Physical value = raw x SCALE + OFFSET for every band, overriding the file's GDAL scale metadata (e.g. 0.0001 for reflectance x 10000).")
+_OFFSET = typer.Option(None, "--offset", help="Offset of that conversion, overriding the file's metadata (e.g. -0.1 with --scale 0.0001 for Sentinel-2 L2A from processing baseline 04.00 when the file does not declare it).")
 _CHUNK = typer.Option(1024, "--chunk-size", help="Pixels per side of a dask chunk (I/O unit), rounded to the file's tiling.")
 _SCHED = typer.Option(None, "--scheduler", help="dask.distributed scheduler address (tcp://HOST:PORT); default: local threads.")
 _WORKERS = typer.Option(None, "--workers", help="Start a local cluster of N worker processes.")
@@ -61,6 +63,8 @@ def apply_cmd(
     denoise: Path | None = typer.Option(None, "--denoise", help="Denoiser file (`ndgeo denoise train`) applied before the model, in the same pass."),
     batch_size: int = typer.Option(16384, "--batch-size", help="Pixels per model batch (compute unit); about 16k keeps a CPU batch in cache, GPUs may like more."),
     device: str = _DEVICE,
+    scale: float | None = _SCALE,
+    offset: float | None = _OFFSET,
     bands: str | None = _BANDS,
     sensor: str | None = _SENSOR,
     nodata: float | None = _NODATA,
@@ -76,7 +80,8 @@ def apply_cmd(
     """Apply a trained model chunk-wise to IMAGE and write class ids, probabilities or indices."""
     from ndgeo import apply as lib
 
-    info = open_raster(image, bands=parse_list(bands), sensor=sensor, nodata=nodata)
+    info = open_raster(image, bands=parse_list(bands), sensor=sensor, nodata=nodata,
+                       scale=scale, offset=offset)
     if not dry_run:  # before the denoiser's statistics pass
         check_output(out, overwrite=overwrite)
     processor, positions = lib.model_processor(
@@ -98,7 +103,8 @@ def index_cmd(
     name: str | None = typer.Option(None, "--name", help="Catalogue indices (Awesome Spectral Indices / spyndex names), comma-separated, e.g. NDVI,NDWI."),
     formula: list[str] | None = typer.Option(None, "--formula", help="A formula NAME=EXPR over band names or ASI letters (repeatable); + - * / ** and parentheses only."),
     formula_file: Path | None = typer.Option(None, "--formula-file", help="JSON file from `ndgeo formula --format asi`."),
-    scale: float = typer.Option(1.0, "--scale", help="Multiply band values by this before the formulas (e.g. 0.0001 for reflectance x 10000; matters for indices with constants such as EVI)."),
+    scale: float | None = _SCALE,
+    offset: float | None = _OFFSET,
     bands: str | None = _BANDS,
     sensor: str | None = _SENSOR,
     nodata: float | None = _NODATA,
@@ -114,10 +120,10 @@ def index_cmd(
     """Compute catalogue or exported indices chunk-wise, without a model."""
     from ndgeo import apply as lib
 
-    info = open_raster(image, bands=parse_list(bands), sensor=sensor, nodata=nodata)
+    info = open_raster(image, bands=parse_list(bands), sensor=sensor, nodata=nodata,
+                       scale=scale, offset=offset)
     processor, positions = lib.index_processor(
         info, names=parse_list(name) or [], formulas=formula or [], formula_file=formula_file,
-        scale=scale,
     )
     _run(ctx, processor, info, positions, out, chunk_size=chunk_size, scheduler=scheduler,
          workers=workers, co=co, config=config, cog=cog, overwrite=overwrite, dry_run=dry_run,

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ndgeo.cli._app import app, console, err_console, is_quiet
 from ndgeo.cli._common import parse_list, print_json
-from ndgeo.cli.apply import _DEVICE, _NODATA, _SENSOR
+from ndgeo.cli.apply import _DEVICE, _NODATA, _OFFSET, _SCALE, _SENSOR
 from ndgeo.config import TrainConfig
 from ndgeo.errors import NdgeoError
 from ndgeo.writer import check_output
@@ -104,6 +104,8 @@ def train(
     band_names: str | None = _BAND_NAMES,
     sensor: str | None = _SENSOR,
     nodata: float | None = _NODATA,
+    scale: float | None = _SCALE,
+    offset: float | None = _OFFSET,
     negative: str = typer.Option("clip", "--negative", help="Negative reflectance: clip (to 0) or exclude the pixel."),
     model: str = typer.Option("nd", "--model", help="nd (ND-layer classifier) or mlp (baseline)."),
     indices: int = typer.Option(8, "--indices", help="Learned indices in the first ND layer."),
@@ -144,7 +146,8 @@ def train(
     pixels = load_many(
         _scenes(image, labels, scene, manifest), label_field=label_field,
         bands=parse_list(bands), band_names=parse_list(band_names), sensor=sensor,
-        nodata=nodata, negative=negative, max_pixels=max_pixels, seed=seed,
+        nodata=nodata, negative=negative, max_pixels=max_pixels, seed=seed, scale=scale,
+        offset=offset,
     )
     log = (lambda msg: None) if quiet else (lambda msg: err_console.print(f"[dim]{msg}[/]"))
     summary = pixels.summary()
@@ -209,6 +212,8 @@ def evaluate(
     band_names: str | None = _BAND_NAMES,
     sensor: str | None = _SENSOR,
     nodata: float | None = _NODATA,
+    scale: float | None = _SCALE,
+    offset: float | None = _OFFSET,
     noise_levels: str | None = typer.Option(None, "--noise-levels", help="Multiplicative noise levels, e.g. 0,0.02,0.05,0.1: x*(1+s*N(0,1))."),
     noise_mode: str = typer.Option("band", "--noise-mode", help="band (per band and pixel) or global (one factor per pixel)."),
     draws: int = typer.Option(10, "--draws", help="Noise draws averaged per level."),
@@ -227,7 +232,7 @@ def evaluate(
     pixels = load_many([(image, labels)], label_field=label_field,
                        bands=[b["name"] for b in meta["bands"]],
                        band_names=parse_list(band_names), sensor=sensor, nodata=nodata,
-                       classes=classes)
+                       classes=classes, scale=scale, offset=offset)
     result = evaluate_model(net, pixels, classes=classes)
     if noise_levels:
         try:
