@@ -6,6 +6,9 @@ Training is the slow part of the CLI tests, so the model is trained once per ses
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -109,8 +112,27 @@ def rounding_bound(coeff: dict, names: list[str], x: np.ndarray, precision: int)
         return np.where(r < 1, 2 * r / (1 - r), np.inf)  # r >= 1: the denominator may vanish
 
 
+def kill_mid_write(proc, directory: Path, out_name: str, *, timeout: float) -> None:
+    """SIGKILL ``proc`` once its temporary output for ``out_name`` exists in ``directory``
+    (it is still writing), and check that the kill is what ended it."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not any(n.startswith(f".{out_name}.") and n.endswith(".tmp.tif")
+                      for n in os.listdir(directory)):
+            assert proc.poll() is None, "the run ended before writing"
+            assert time.monotonic() < deadline, "no temporary output appeared"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
 @pytest.fixture(scope="session")
 def helpers():
     """The helpers above, for test modules (conftest is not imported by name)."""
     return SimpleNamespace(read=read_scene, expected=expected_outputs,
-                           rounding_bound=rounding_bound, float32_slack=FLOAT32_SLACK)
+                           rounding_bound=rounding_bound, float32_slack=FLOAT32_SLACK,
+                           kill_mid_write=kill_mid_write)

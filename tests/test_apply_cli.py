@@ -10,9 +10,7 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -376,19 +374,7 @@ def test_sigkill_mid_run_leaves_no_output_and_rerun_succeeds(nd_model, sample_sc
          "128", "--batch-size", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    try:
-        deadline = time.monotonic() + 120
-        while not any(n.startswith(".class.tif.") and n.endswith(".tmp.tif")
-                      for n in os.listdir(outdir)):
-            assert proc.poll() is None, "ndgeo apply ended before writing"
-            assert time.monotonic() < deadline, "no temporary output appeared"
-            time.sleep(0.05)
-        time.sleep(0.3)
-        assert proc.poll() is None, "ndgeo apply finished before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    helpers.kill_mid_write(proc, outdir, "class.tif", timeout=120)
     assert not out.exists()
     result = _apply(nd_model.path, big, out, "--chunk-size", "128")
     assert result.exit_code == 0, result.output

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -517,25 +516,14 @@ run(SlowND(0.02), open_raster(sys.argv[1]), [0, 1], sys.argv[2], chunk_size=32, 
 """
 
 
-def test_sigkill_mid_run_leaves_no_output(tmp_path):
+def test_sigkill_mid_run_leaves_no_output(tmp_path, helpers):
     raw = make_image(tmp_path / "in.tif", height=512, width=512)
     out = tmp_path / "out.tif"
     proc = subprocess.Popen(
         [sys.executable, "-c", _KILL_SCRIPT, str(tmp_path / "in.tif"), str(out)],
         env=_worker_env(),
     )
-    try:
-        deadline = time.monotonic() + 30
-        while not any(n.startswith(".out.tif.") for n in os.listdir(tmp_path)):
-            assert proc.poll() is None, "engine subprocess ended before writing"
-            assert time.monotonic() < deadline, "no temporary output appeared"
-            time.sleep(0.05)
-        time.sleep(0.3)
-        assert proc.poll() is None, "engine finished before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=10)
-    assert proc.returncode == -signal.SIGKILL
+    helpers.kill_mid_write(proc, tmp_path, "out.tif", timeout=30)
     assert not out.exists()
     proc2 = NormalizedDifference()
     run(proc2, open_raster(tmp_path / "in.tif"), [0, 1], out, chunk_size=128)
