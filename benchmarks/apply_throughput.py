@@ -46,6 +46,8 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
+from ndgeo.engine import Processor
+
 BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11")
 RED, NIR = 2, 6  # positions of B04 and B08
 THRESHOLD = 0.2
@@ -55,7 +57,7 @@ GOALS = {"apply": ("floor", 1.5), "index": ("floor", 1.2)}
 RSS_GOAL_MB = 1536
 
 
-class NDThreshold:
+class NDThreshold(Processor):
     """Engine processor: 1 where (NIR - red) / (NIR + red) > THRESHOLD, else 0; 255 = nodata."""
 
     halo = 0
@@ -99,8 +101,8 @@ def make_input(path: str, size: int, block: int = 256, step: int = 1024) -> None
 def make_model(src: str, path: str) -> None:
     """Train a 16-index ND classifier on pixels of ``src`` and save it with ndgeo.checkpoint."""
     from ndgeo.checkpoint import save_model
-    from ndgeo.labels import pixels_from_arrays
-    from ndgeo.train import TrainConfig, train_model
+    from ndgeo.io.labels import pixels_from_arrays
+    from ndgeo.training.classifier import TrainConfig, train_model
 
     with rasterio.open(src) as ds:
         side = min(512, ds.width // 2)
@@ -157,10 +159,11 @@ def run_floor_f32(src: str, out: str, chunk: int) -> None:
 
 
 def run_engine(src: str, out: str, chunk: int) -> None:
-    from ndgeo.engine import run
-    from ndgeo.raster import open_raster
+    from ndgeo.engine import Execution, run
+    from ndgeo.io.raster import open_raster
 
-    run(NDThreshold(), open_raster(src), [NIR, RED], out, chunk_size=chunk, overwrite=True)
+    run(NDThreshold(), open_raster(src), [NIR, RED], out, execution=Execution(chunk_size=chunk),
+        overwrite=True)
 
 
 def _cli(args: list[str]) -> None:
@@ -170,7 +173,7 @@ def _cli(args: list[str]) -> None:
 
 
 def run_apply(src: str, out: str, chunk: int, model: str) -> None:
-    _cli(["apply", model, src, "-o", out, "--output", "class", "--chunk-size", str(chunk),
+    _cli(["apply", model, src, "-o", out, "--products", "class", "--chunk-size", str(chunk),
           "--overwrite"])
 
 
@@ -183,8 +186,8 @@ def _child_main(args: argparse.Namespace) -> None:
     if args.variant in ("apply", "index"):
         import typer._adapters  # noqa: F401  (pydantic, imported by typer on first parse)
 
-        import ndgeo.apply  # noqa: F401  (the CLI imports the library when a command runs)
         import ndgeo.cli  # noqa: F401
+        import ndgeo.processors.classify  # noqa: F401  (the CLI imports the library when a command runs)
     elif args.variant == "engine":
         import ndgeo.engine  # noqa: F401
     else:
@@ -419,17 +422,18 @@ def profile(src: str, model: str, chunk: int, n_windows: int = 12) -> None:
     """Seconds per stage of ``apply`` and ``index`` on ``n_windows`` chunks, one thread."""
     import torch
 
-    from ndgeo import apply as lib
-    from ndgeo.device import batches
-    from ndgeo.engine import _lazy_bands, chunk_shape, plan_windows
-    from ndgeo.nn.inference import argmax_rows
-    from ndgeo.raster import open_raster, to_float, valid_mask
-    from ndgeo.writer import GeoTIFFWriter
+    from ndgeo.engine import _lazy_bands
+    from ndgeo.io.raster import open_raster, to_float, valid_mask
+    from ndgeo.io.tiles import chunk_shape, plan_windows
+    from ndgeo.io.writer import GeoTIFFWriter
+    from ndgeo.nn.inference import argmax_rows, batches
+    from ndgeo.processors.classify import model_processor
+    from ndgeo.processors.index import index_processor
 
     info = open_raster(src)
-    proc, positions = lib.model_processor(model, info, outputs=["class"], device="cpu")
+    proc, positions = model_processor(model, info, outputs=["class"], device="cpu")
     proc.prepare(info)
-    iproc, ipositions = lib.index_processor(info, names=["NDVI"])
+    iproc, ipositions = index_processor(info, names=["NDVI"])
     windows = plan_windows(info.shape, chunk_shape(chunk, info.block_shape, info.shape))
     windows = windows[len(windows) // 3:][:n_windows]
     net = proc._model(torch.device("cpu"))

@@ -48,12 +48,12 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from ndgeo.labels import TrainingPixels, load_training_pixels, pixels_from_arrays
-from ndgeo.metrics import noise_robustness
+from ndgeo.io.labels import TrainingPixels, load_training_pixels, pixels_from_arrays
 from ndgeo.nn import NDClassifier, mlp_hidden_for_budget
 from ndgeo.nn.nd import LOG_E_MINUS_1
 from ndgeo.sample import SCALE
-from ndgeo.train import TrainConfig, split_pixels, train_model
+from ndgeo.training.classifier import TrainConfig, split_pixels, train_model
+from ndgeo.training.metrics import noise_robustness
 
 ROOT = Path(__file__).resolve().parents[1]
 SPYNDEX_BANDS = [f"SR_B{i}" for i in range(1, 8)]

@@ -31,11 +31,13 @@ import spyndex
 import torch
 from rasterio.transform import from_origin
 
-from ndgeo import denoise as lib
 from ndgeo.checkpoint import save_model
+from ndgeo.config import DenoiseConfig
+from ndgeo.io.raster import open_raster
 from ndgeo.nn import build_denoiser
-from ndgeo.raster import open_raster
+from ndgeo.nn.wne import run_denoiser
 from ndgeo.sample import make_sample
+from ndgeo.training.denoiser import evaluate_denoiser, train_denoiser
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGMA_TRAIN = "2%"
@@ -73,8 +75,8 @@ def write_sentinel(tmp: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def config(backbone: str, wne: bool, steps: int, seed: int) -> lib.DenoiseConfig:
-    return lib.DenoiseConfig(backbone=backbone, wne=wne, sigma=SIGMA_TRAIN, steps=steps, seed=seed,
+def config(backbone: str, wne: bool, steps: int, seed: int) -> DenoiseConfig:
+    return DenoiseConfig(backbone=backbone, wne=wne, sigma=SIGMA_TRAIN, steps=steps, seed=seed,
                              device="cpu", **SIZES[backbone])
 
 
@@ -97,10 +99,10 @@ def timings(channels: int, reps: int = 5) -> dict[str, tuple[float, float]]:
             net.eval()
             start = time.perf_counter()
             with torch.no_grad():
-                lib.run_denoiser(net, x, mask)
+                run_denoiser(net, x, mask)
             mid = time.perf_counter()
             net.train()
-            loss = (lib.run_denoiser(net, x, mask) - x).square().mean()
+            loss = (run_denoiser(net, x, mask) - x).square().mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -116,10 +118,10 @@ def run_dataset(name: str, train: Path, test: Path, tmp: Path, steps: int, draws
     rows = {}
     for backbone, wne in MODELS:
         start = time.perf_counter()
-        model, meta = lib.train_denoiser([open_raster(train)], config(backbone, wne, steps, seed))
+        model, meta = train_denoiser([open_raster(train)], config(backbone, wne, steps, seed))
         path = tmp / f"{name}-{backbone}-{wne}.safetensors"
         save_model(path, model, meta)
-        result = lib.evaluate_denoiser(path, open_raster(test), [f"{f}x" for f in FACTORS],
+        result = evaluate_denoiser(path, open_raster(test), [f"{f}x" for f in FACTORS],
                                        draws=draws, seed=seed, device="cpu")
         rows[label(backbone, wne)] = result
         print(f"{name:9s} {label(backbone, wne):16s} trained {steps} steps in "
@@ -149,7 +151,7 @@ def claims(rows: dict) -> list[str]:
 
 
 def markdown(results: dict, times: dict, steps: int, draws: int, elapsed: float) -> str:
-    base = lib.DenoiseConfig()
+    base = DenoiseConfig()
     lines = [
         "# WNE noise-mismatch benchmark (CPU, small budget)",
         "",

@@ -1,7 +1,13 @@
-"""Safe model files: one safetensors file, weights plus plain-JSON metadata in its header.
+"""The one authority on model files: saving, loading, what kind of model a file holds, which
+image bands it reads, and a per-process cache of loaded models.
 
-Loading never unpickles: the header is JSON and tensors are raw bytes, so a model file cannot run
-code. ``torch.save``/pickle files are recognised by their first bytes and refused.
+A model file is one safetensors file, weights plus plain-JSON metadata in its header. Loading
+never unpickles: the header is JSON and tensors are raw bytes, so a model file cannot run code.
+``torch.save``/pickle files are recognised by their first bytes and refused.
+
+Two tasks exist: ``classifier`` (pixel classifiers, config kinds ``nd`` and ``mlp``; what
+``train``, ``apply``, ``evaluate`` and ``formula`` take) and ``denoiser`` (metadata ``task:
+"denoise"``; what ``denoise apply|evaluate`` and ``apply --denoise`` take).
 """
 
 from __future__ import annotations
@@ -9,7 +15,10 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
+from threading import Lock
 from typing import Any
 
 import torch
@@ -18,17 +27,29 @@ from safetensors.torch import save_file
 from torch import nn
 
 import ndgeo
+from ndgeo.bands import select_bands
 from ndgeo.errors import NdgeoError
+from ndgeo.io.raster import RasterInfo
+from ndgeo.io.writer import atomic_path, write_error
 from ndgeo.nn import build_model
-from ndgeo.writer import atomic_path
+
+CLASSIFIER = "classifier"
+DENOISER = "denoiser"
+#: Config kinds of pixel classifiers; denoiser files carry ``"task": "denoise"``.
+CLASSIFIER_KINDS = ("nd", "mlp")
+DENOISE_TASK = "denoise"
 
 #: Key of the ndgeo JSON document inside the safetensors ``__metadata__`` header.
 METADATA_KEY = "ndgeo"
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header size
 
 
-def save_model(path: str | os.PathLike, model: nn.Module, metadata: dict[str, Any]) -> None:
-    """Write ``model``'s state dict and ``metadata`` to ``path`` atomically (temp file + rename).
+def save_model(
+    path: str | os.PathLike, model: nn.Module, metadata: dict[str, Any], *,
+    overwrite: bool = True,
+) -> None:
+    """Write ``model``'s state dict and ``metadata`` to ``path`` atomically (temp file, then
+    published; an existing file is replaced only with ``overwrite``).
 
     The stored JSON is ``metadata`` plus ``ndgeo_version`` and ``config`` (``model.config()``,
     which overrides any ``config`` given) and ``eps`` (from the config unless given).
@@ -45,8 +66,11 @@ def save_model(path: str | os.PathLike, model: nn.Module, metadata: dict[str, An
         raise NdgeoError(f"model metadata is not JSON-serialisable: {err}") from err
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata=header)
+        except (OSError, SafetensorError) as exc:
+            raise write_error(path, exc) from exc
 
 
 def _sniff(path: Path) -> None:
@@ -95,3 +119,86 @@ def load_model(
     except RuntimeError as err:
         raise NdgeoError(f"{path}: weights do not match config {config}: {err}") from err
     return model.to(map_location).eval(), meta
+
+
+def model_task(meta: dict[str, Any]) -> str:
+    """``classifier`` or ``denoiser``: what the file's metadata says it holds."""
+    if meta.get("task") == DENOISE_TASK:
+        return DENOISER
+    if meta.get("config", {}).get("kind") in CLASSIFIER_KINDS:
+        return CLASSIFIER
+    return str(meta.get("config", {}).get("kind"))
+
+
+def require_task(meta: dict[str, Any], task: str, path: str | os.PathLike) -> None:
+    """Refuse a model file that holds another task than ``task`` (one line)."""
+    found = model_task(meta)
+    if found == task:
+        return
+    if task == CLASSIFIER:
+        raise NdgeoError(
+            f"{path} is a {found} model, not a pixel classifier; denoisers go to "
+            "`ndgeo denoise apply|evaluate` or `ndgeo apply --denoise`"
+        )
+    raise NdgeoError(f"{path} is not a denoiser (made by `ndgeo denoise train`)")
+
+
+def load_classifier(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """:func:`load_model` for pixel classifiers only."""
+    model, meta = load_model(path, map_location)
+    require_task(meta, CLASSIFIER, path)
+    return model, meta
+
+
+def load_denoiser(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """:func:`load_model` for denoisers only."""
+    model, meta = load_model(path, map_location)
+    require_task(meta, DENOISER, path)
+    return model, meta
+
+
+def match_model_bands(meta: dict[str, Any], image: RasterInfo) -> list[int]:
+    """Positions in ``image`` of the model's bands, matched by name (or ASI letter)."""
+    wanted = [b.get("letter") or b["name"] for b in meta.get("bands", [])]
+    names = [b["name"] for b in meta.get("bands", [])]
+    if not wanted:
+        raise NdgeoError("the model file lists no bands")
+    try:
+        return select_bands(names, image.bands)
+    except NdgeoError:
+        pass
+    try:
+        return select_bands(wanted, image.bands)
+    except NdgeoError as err:
+        raise NdgeoError(f"{err} (the model needs: {', '.join(names)})") from None
+
+
+#: Models kept per process: a job needs one or two (classifier, denoiser); a long-lived
+#: distributed worker serving many jobs keeps only the most recently used ones.
+CACHE_SIZE = 4
+_CACHE: OrderedDict[tuple, Any] = OrderedDict()
+_CACHE_LOCK = Lock()
+
+
+def cached_load(
+    path: str | os.PathLike, loader: Callable[[str], Any], *, key: object = None
+) -> Any:
+    """``loader(path)`` once per process (keyed by path, mtime and ``key``), then cached.
+
+    Processors call it inside ``__call__`` so each worker process loads a model once and no
+    weights travel with the tasks. A file rewritten on disk (new mtime) is loaded again, and
+    only the :data:`CACHE_SIZE` most recently used entries are kept. Every engine thread of the
+    process shares the loaded object, so nothing may change it per call: a module's
+    ``.to(device)`` reassigns its parameters even when they are already there, under a forward
+    pass running in another thread. Load onto the device instead, with the device in ``key``.
+    """
+    path = os.path.abspath(os.fspath(path))
+    cache_key = (path, os.stat(path).st_mtime_ns, key)
+    with _CACHE_LOCK:
+        if cache_key in _CACHE:
+            _CACHE.move_to_end(cache_key)
+        else:
+            _CACHE[cache_key] = loader(path)
+            while len(_CACHE) > CACHE_SIZE:
+                _CACHE.popitem(last=False)
+        return _CACHE[cache_key]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from ndgeo.errors import NdgeoError
@@ -10,6 +11,27 @@ SIGMA_RULE = (
     "S in data units (e.g. 150 for reflectance x 10000), or S% = S percent of the data range "
     "(max - min of the training pixels)"
 )
+
+
+def parse_sigma(
+    text: str | float, *, data_range: float, train_sigma: float | None = None
+) -> float:
+    """A noise level in data units from ``'150'`` (data units), ``'2%'`` (of ``data_range``) or,
+    when ``train_sigma`` is given, ``'5x'`` (times the training sigma)."""
+    raw = str(text).strip().lower()
+    try:
+        if raw.endswith("%"):
+            value = float(raw[:-1]) / 100 * data_range
+        elif raw.endswith("x") and train_sigma is not None:
+            value = float(raw[:-1]) * train_sigma
+        else:
+            value = float(raw)
+    except ValueError:
+        forms = "S, S% or Sx" if train_sigma is not None else "S or S%"
+        raise NdgeoError(f"cannot read noise level {text!r}; expected {forms}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise NdgeoError(f"noise level must be positive, got {text!r} ({value:g} data units)")
+    return value
 
 
 @dataclass

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
-import numpy as np
 import torch
 
 from ndgeo.errors import NdgeoError
@@ -39,53 +37,3 @@ def one_torch_thread() -> None:
     with _THREAD_LOCK:
         if torch.get_num_threads() != 1:
             torch.set_num_threads(1)
-
-
-def batches(n: int, batch_size: int) -> Iterator[slice]:
-    """Consecutive slices of at most ``batch_size`` covering ``range(n)``."""
-    if batch_size < 1:
-        raise NdgeoError(f"batch size must be >= 1, got {batch_size}")
-    for start in range(0, n, batch_size):
-        yield slice(start, min(start + batch_size, n))
-
-
-@torch.no_grad()
-def run_batched(fn, x: np.ndarray, batch_size: int, device: torch.device, *,
-                axis: int = 0) -> np.ndarray:
-    """``fn`` over slices of ``x`` along ``axis`` in batches on ``device``; returns CPU numpy.
-
-    ``axis=0``: rows of ``(N, C)`` pixels, ``fn`` returns ``(n, K)``; ``axis=1``: columns of
-    band-major ``(C, N)`` pixels, ``fn`` returns ``(K, n)`` or ``(n,)``. Results keep ``fn``'s
-    dtype (float results come back as float32) and are written into one preallocated array. On
-    CPU a batch is a view of ``x`` (no copy); on CUDA it is copied to pinned memory (uint16 and
-    uint32 as float32) and sent without blocking, and each result comes back before the next
-    batch is sent.
-    """
-    n = x.shape[axis]
-    cuda = device.type == "cuda"
-    out: np.ndarray | None = None
-    for part in batches(n, batch_size):
-        index = (part,) if axis == 0 else (slice(None), part)
-        if cuda:
-            # torch's uint16/uint32 have little CUDA support: those become float32 on the host.
-            host = x[index]
-            dtype = np.float32 if host.dtype.kind == "u" and host.dtype.itemsize > 1 else None
-            batch = torch.from_numpy(np.ascontiguousarray(host, dtype=dtype))
-            batch = batch.pin_memory().to(device, non_blocking=True)
-        else:
-            batch = torch.from_numpy(x[index])
-        result = fn(batch)
-        if result.is_floating_point():
-            result = result.float()
-        result = result.cpu().numpy()
-        if out is None:
-            shape = list(result.shape)
-            shape[0 if axis == 0 or result.ndim == 1 else 1] = n
-            out = np.empty(shape, dtype=result.dtype)
-        if axis == 0 or result.ndim == 1:
-            out[part] = result
-        else:
-            out[:, part] = result
-    if out is None:
-        return np.zeros((0, 0), dtype=np.float32)
-    return out

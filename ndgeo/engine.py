@@ -1,24 +1,13 @@
-"""The one chunked execution engine: run a *processor* over the windows of a raster with dask.
+"""The one chunked execution engine: plan and run a *processor* over the windows of a raster.
 
-A processor is a small picklable object that knows nothing about files or dask::
+A processor (:class:`Processor`) is a small picklable object that knows nothing about files or
+dask; the engine reads every attribute it declares, nothing else. :class:`Execution` is the one
+execution context of a command: chunk size, scheduler (local threads, a LocalCluster it starts,
+or a remote ``dask scheduler``), GDAL options. Entered once per command, it opens at most one
+cluster, which every pass of the command (scene statistics, the run) shares.
 
-    halo: int            # pixels of context needed on each side (0 for per-pixel work)
-    out_count: int       # output bands
-    out_dtype: str       # output pixel type
-    out_nodata: float    # written where the input is invalid (must fit out_dtype)
-    descriptions: list[str] | None          # output band descriptions
-    tags, band_tags, colormap               # optional, passed to the writer
-    prepare(image: RasterInfo) -> None      # optional, called once in the main process
-    raw_input: bool                         # optional: True -> block in the file's own type
-    __call__(block, valid) -> np.ndarray    # block: float32 (C, h, w), NaN where invalid
-                                            # (raw_input: as read, any value where invalid);
-                                            # valid: bool (h, w); returns (out_count, h, w)
-
-``raw_input`` saves a float32 copy of the whole block (about a third of the engine's own work
-on 8-band uint16 input) for processors that convert batch by batch anyway.
-
-Processors that need a torch model load it with :func:`cached_load` on first call (once per
-process), so weights are never pickled into tasks; tasks return CPU numpy only.
+Processors that need a torch model load it with :func:`ndgeo.checkpoint.cached_load` on first
+call (once per process), so weights are never pickled into tasks; tasks return CPU numpy only.
 
 Execution (why it is built this way, see docs/notes ecosystem.md sections 3-7):
 
@@ -39,14 +28,12 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from functools import partial
-from threading import Lock
-from typing import Any, Protocol
+from typing import Any
 
 import dask
 import numpy as np
@@ -55,9 +42,17 @@ import rioxarray
 import xarray as xr
 from rasterio.windows import Window
 
+from ndgeo import stats
 from ndgeo.errors import NdgeoError
-from ndgeo.raster import RasterInfo, check_nodata, read_gdal_mask, to_float, valid_mask
-from ndgeo.writer import GeoTIFFWriter, check_output, creation_profile
+from ndgeo.io.raster import (
+    RasterInfo,
+    check_nodata,
+    read_gdal_mask,
+    to_float,
+    valid_mask,
+)
+from ndgeo.io.tiles import chunk_shape, grow, plan_windows
+from ndgeo.io.writer import GeoTIFFWriter, check_output, creation_profile
 
 #: GDAL settings applied in the main process and on every worker unless overridden.
 DEFAULT_GDAL_ENV: dict[str, Any] = {"GDAL_CACHEMAX": 256, "GDAL_NUM_THREADS": 1}
@@ -65,15 +60,42 @@ DEFAULT_GDAL_ENV: dict[str, Any] = {"GDAL_CACHEMAX": 256, "GDAL_NUM_THREADS": 1}
 Progress = Callable[[int, int], None]
 
 
-class Processor(Protocol):
-    """What :func:`run` needs from a processor (see the module docstring)."""
+class Processor:
+    """Everything :func:`run` reads from a processor, with defaults (subclass and set).
 
-    halo: int
+    ``__call__(block, valid)``: ``block`` is float32 (C, h, w) with NaN where invalid (with
+    ``raw_input``: as read, any value where invalid), ``valid`` bool (h, w); it returns
+    (out_count, h, w). ``prepare(image, execution)`` is called once in the main process before
+    any task.
+    ``scaling`` (GDAL scale, offset per band), ``batch_size`` and ``device`` only feed the
+    dry-run plan. ``raw_input`` saves a float32 copy of the whole block (about a third of the
+    engine's own work on 8-band uint16 input) for processors that convert batch by batch.
+    """
+
+    halo: int = 0
     out_count: int
     out_dtype: str
     out_nodata: float
+    descriptions: list[str] | None = None
+    tags: dict | None = None
+    band_tags: list[dict] | None = None
+    colormap: dict | None = None
+    classes: list | None = None
+    raw_input: bool = False
+    scaling: tuple | None = None
+    batch_size: int | None = None
+    device: str | None = None
 
-    def __call__(self, block: np.ndarray, valid: np.ndarray) -> np.ndarray: ...
+    def inputs(self) -> list[str]:
+        """Files the processor reads (model files): an output may never be one of them."""
+        return []
+
+    def prepare(self, image: RasterInfo, execution: Execution | None = None) -> None:
+        """Called once in the main process, inside the command's execution context, before any
+        task (default: nothing); a pass such as scene statistics may run here."""
+
+    def __call__(self, block: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -86,61 +108,6 @@ class RunResult:
     pixels: int
     seconds: float
     scheduler: str
-
-
-#: Models kept per process: a job needs one or two (classifier, denoiser); a long-lived
-#: distributed worker serving many jobs keeps only the most recently used ones.
-CACHE_SIZE = 4
-_CACHE: OrderedDict[tuple, Any] = OrderedDict()
-_CACHE_LOCK = Lock()
-
-
-def cached_load(
-    path: str | os.PathLike, loader: Callable[[str], Any], *, key: object = None
-) -> Any:
-    """``loader(path)`` once per process (keyed by path, mtime and ``key``), then cached.
-
-    Use it inside ``Processor.__call__`` so each worker process loads a model once and no
-    weights travel with the tasks. A file rewritten on disk (new mtime) is loaded again, and
-    only the :data:`CACHE_SIZE` most recently used entries are kept. Every engine thread of the
-    process shares the loaded object, so nothing may change it per call: a module's
-    ``.to(device)`` reassigns its parameters even when they are already there, under a forward
-    pass running in another thread. Load onto the device instead, with the device in ``key``.
-    """
-    path = os.path.abspath(os.fspath(path))
-    cache_key = (path, os.stat(path).st_mtime_ns, key)
-    with _CACHE_LOCK:
-        if cache_key in _CACHE:
-            _CACHE.move_to_end(cache_key)
-        else:
-            _CACHE[cache_key] = loader(path)
-            while len(_CACHE) > CACHE_SIZE:
-                _CACHE.popitem(last=False)
-        return _CACHE[cache_key]
-
-
-def chunk_shape(
-    chunk_size: int, block_shape: tuple[int, int], shape: tuple[int, int]
-) -> tuple[int, int]:
-    """Chunk (rows, cols): ``chunk_size`` rounded to a multiple of the file's block, clipped."""
-    if chunk_size < 1:
-        raise NdgeoError(f"chunk size must be positive, got {chunk_size}")
-    out = []
-    for block, size in zip(block_shape, shape, strict=True):
-        step = min(block, size)
-        out.append(min(size, max(step, round(chunk_size / step) * step)))
-    return out[0], out[1]
-
-
-def plan_windows(shape: tuple[int, int], chunks: tuple[int, int]) -> list[Window]:
-    """Row-major windows of ``chunks`` covering ``shape``; the last row/column may be smaller."""
-    height, width = shape
-    ch, cw = chunks
-    return [
-        Window(col, row, min(cw, width - col), min(ch, height - row))
-        for row in range(0, height, ch)
-        for col in range(0, width, cw)
-    ]
 
 
 def _lazy_bands(image: RasterInfo, band_positions: Sequence[int]) -> xr.DataArray:
@@ -161,13 +128,14 @@ def _read(
     pixels (nodata, non-finite and, with ``mask`` = (path, band), the file's GDAL mask) and the
     core's offset in them."""
     row, col, h, w = window
-    row0, col0 = max(0, row - halo), max(0, col - halo)
-    row1, col1 = min(shape[0], row + h + halo), min(shape[1], col + w + halo)
-    raw = source.isel(y=slice(row0, row1), x=slice(col0, col1)).values
+    grown, dr, dc = grow(Window(col, row, w, h), halo, shape)
+    rows = slice(grown.row_off, grown.row_off + grown.height)
+    cols = slice(grown.col_off, grown.col_off + grown.width)
+    raw = source.isel(y=rows, x=cols).values
     valid = valid_mask(raw, nodata)
     if mask is not None:
-        valid &= read_gdal_mask(mask[0], Window(col0, row0, col1 - col0, row1 - row0), mask[1])
-    return raw, valid, row - row0, col - col0
+        valid &= read_gdal_mask(mask[0], grown, mask[1])
+    return raw, valid, dr, dc
 
 
 def _process_window(
@@ -182,7 +150,7 @@ def _process_window(
     """One task: read, mask, process, crop. None when the window has no valid pixel."""
     with rasterio.Env(**gdal_env):
         raw, valid, dr, dc = _read(source, window, processor.halo, shape, nodata, mask)
-    block = raw if getattr(processor, "raw_input", False) else to_float(raw, valid)
+    block = raw if processor.raw_input else to_float(raw, valid)
     h, w = window[2:]
     core = valid[dr : dr + h, dc : dc + w]
     if not core.any():
@@ -208,29 +176,12 @@ def _window_stats(
     """Count, per-band mean and M2 (sum of squared deviations) of the valid pixels, float64."""
     with rasterio.Env(**gdal_env):
         raw, valid, _, _ = _read(source, window, 0, shape, nodata, mask)
-    values = raw[:, valid].astype(np.float64)
-    n = values.shape[1]
-    if n == 0:
-        zeros = np.zeros(values.shape[0])
-        return 0, zeros, zeros
-    mean = values.mean(axis=1)
-    return n, mean, ((values - mean[:, None]) ** 2).sum(axis=1)
+    return stats.moments(raw[:, valid])
 
 
 def _mask_source(image: RasterInfo, positions: Sequence[int]) -> tuple[str, int] | None:
     """(path, 1-based band) of the GDAL mask to read, or None when the file has none."""
     return (image.path, positions[0] + 1) if image.has_mask else None
-
-
-def _merge(a: tuple, b: tuple) -> tuple:
-    """Chan et al. merge of (count, mean, M2) summaries."""
-    na, ma, m2a = a
-    nb, mb, m2b = b
-    n = na + nb
-    if n == 0:
-        return a
-    delta = mb - ma
-    return n, ma + delta * (nb / n), m2a + m2b + delta**2 * (na * nb / n)
 
 
 def _apply_gdal_env(env: dict[str, Any]) -> None:
@@ -240,39 +191,141 @@ def _apply_gdal_env(env: dict[str, Any]) -> None:
         rasterio.env.set_gdal_config(key, value)
 
 
-@contextmanager
-def _client(scheduler: object, workers: int | None, gdal_env: dict[str, Any]):
-    """Yield (client or None, description, number of parallel task slots)."""
-    if scheduler is None and not workers:
-        yield None, "threads", None
-        return
-    from distributed import Client, LocalCluster
+#: Seconds to wait for a dask scheduler to answer (``--timeout``; overridable per command).
+CONNECT_TIMEOUT = 30.0
 
-    if scheduler is not None and workers:
-        raise NdgeoError("give either a scheduler address or a number of workers, not both")
-    if isinstance(scheduler, Client):
-        client, owned, cluster = scheduler, False, None
-    elif isinstance(scheduler, str):
+
+def _quiet_distributed() -> None:
+    """distributed logs cluster start-up at INFO (34 lines for two workers): keep its loggers
+    at WARNING unless the user asked for more (``-v`` sets the root level)."""
+    import logging
+
+    level = max(logging.WARNING, logging.getLogger().getEffectiveLevel())
+    for name in ("distributed", "distributed.nanny", "distributed.scheduler",
+                 "distributed.worker", "distributed.core", "distributed.http.proxy"):
+        logging.getLogger(name).setLevel(level)
+
+
+@dataclass
+class Execution:
+    """The execution context of one command (rasterio builds one ``Env`` per command the same
+    way): chunk size, where tasks run, GDAL options. Enter it once; every engine pass inside
+    (scene statistics, the run) shares the one client, so ``--workers N`` starts one
+    LocalCluster per command.
+
+    ``scheduler``: None for local threads (``threads``, default all cores), a
+    ``tcp://host:port`` address or a ``distributed.Client``; ``workers=N`` starts a local
+    cluster of N single-threaded worker processes. ``timeout`` bounds every wait for a
+    scheduler (connect and first answer).
+    """
+
+    chunk_size: int = 1024
+    scheduler: object = None
+    workers: int | None = None
+    threads: int | None = None
+    gdal_env: dict[str, Any] | None = None
+    timeout: float = CONNECT_TIMEOUT
+    client: Any = field(default=None, init=False, repr=False)
+    name: str = field(default="", init=False)
+    slots: int = field(default=0, init=False)
+    clusters_started: int = field(default=0, init=False)
+    _stack: ExitStack | None = field(default=None, init=False, repr=False)
+    _depth: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise NdgeoError(f"--chunk-size must be >= 1, got {self.chunk_size}")
+        if self.workers is not None and self.workers < 1:
+            raise NdgeoError(f"--workers must be >= 1, got {self.workers}")
+        if self.scheduler is not None and self.workers:
+            raise NdgeoError("give either a scheduler address or a number of workers, not both")
+        if self.threads is not None and self.threads < 1:
+            raise NdgeoError(f"threads must be >= 1, got {self.threads}")
+        if not (self.timeout > 0):
+            raise NdgeoError(f"--timeout must be positive, got {self.timeout}")
+        self.env = {**DEFAULT_GDAL_ENV, **(self.gdal_env or {})}
+
+    @property
+    def distributed(self) -> bool:
+        return self.scheduler is not None or bool(self.workers)
+
+    def describe(self) -> str:
+        """Where tasks run, for plans and summaries (without starting anything)."""
+        if self.client is not None:
+            return self.name
+        if self.workers:
+            return f"LocalCluster ({self.workers} processes x 1 thread)"
+        if self.scheduler is not None:
+            return str(getattr(self.scheduler, "scheduler", self.scheduler))
+        return f"threads ({self.local_threads})"
+
+    @property
+    def local_threads(self) -> int:
+        return self.threads or os.cpu_count() or 1
+
+    def __enter__(self) -> Execution:
+        self._depth += 1
+        if self._stack is not None:
+            return self  # re-entered by a pass inside the command: share it
+        stack = ExitStack()
         try:
-            client, owned, cluster = Client(scheduler), True, None
-        except OSError as exc:
-            raise NdgeoError(f"cannot connect to dask scheduler {scheduler}: {exc}") from exc
-    elif workers:
-        cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
-        )
-        client, owned = Client(cluster), True
-    else:
-        raise NdgeoError(f"scheduler must be None, an address or a Client, got {scheduler!r}")
-    try:
-        client.run(_apply_gdal_env, gdal_env)
-        slots = max(1, sum(client.nthreads().values()))
-        yield client, f"distributed {client.scheduler.address} ({slots} threads)", slots
-    finally:
-        if owned:
+            stack.enter_context(rasterio.Env(**self.env))
+            if self.distributed:
+                self.client = stack.enter_context(self._connect())
+                self.slots = max(1, sum(self.client.nthreads().values()))
+                self.name = f"distributed {self.client.scheduler.address} ({self.slots} threads)"
+            else:
+                self.slots = self.local_threads
+                self.name = f"threads ({self.slots})"
+        except BaseException:
+            self._depth -= 1
+            stack.close()
+            raise
+        self._stack = stack
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth > 0:
+            return
+        stack, self._stack = self._stack, None
+        self.client = None
+        if stack is not None:
+            stack.close()
+
+    @contextmanager
+    def _connect(self):
+        from distributed import Client, LocalCluster
+
+        _quiet_distributed()
+        if isinstance(self.scheduler, Client):
+            yield self.scheduler
+            return
+        if isinstance(self.scheduler, str):
+            if not self.scheduler.startswith(("tcp://", "tls://", "inproc://", "ws://", "wss://")):
+                raise NdgeoError(f"--scheduler must be an address like tcp://HOST:PORT, got "
+                                 f"{self.scheduler!r}")
+            try:
+                client = Client(self.scheduler, timeout=self.timeout)
+            except (OSError, TimeoutError) as exc:
+                raise NdgeoError(f"cannot connect to dask scheduler {self.scheduler} within "
+                                 f"{self.timeout:g} s: {exc}") from exc
+            cluster = None
+        elif self.workers:
+            cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1,
+                                   processes=True, dashboard_address=None)
+            self.clusters_started += 1
+            client = Client(cluster, timeout=self.timeout)
+        else:
+            raise NdgeoError(f"scheduler must be None, an address or a Client, got "
+                             f"{self.scheduler!r}")
+        try:
+            client.run(_apply_gdal_env, self.env)
+            yield client
+        finally:
             client.close()
-        if cluster is not None:
-            cluster.close()
+            if cluster is not None:
+                cluster.close()
 
 
 def _execute(
@@ -332,10 +385,6 @@ def _as_tuple(window: Window) -> tuple[int, int, int, int]:
     return int(window.row_off), int(window.col_off), int(window.height), int(window.width)
 
 
-def _gdal_env(gdal_env: dict[str, Any] | None) -> dict[str, Any]:
-    return {**DEFAULT_GDAL_ENV, **(gdal_env or {})}
-
-
 def _check_bands(image: RasterInfo, band_positions: Sequence[int]) -> list[int]:
     positions = [int(p) for p in band_positions]
     if not positions:
@@ -348,121 +397,58 @@ def _check_bands(image: RasterInfo, band_positions: Sequence[int]) -> list[int]:
     return positions
 
 
-def run(
+def _check_processor(processor: Processor) -> None:
+    if processor.halo < 0:
+        raise ValueError(f"processor halo must be >= 0, got {processor.halo}")
+    if processor.out_nodata is None:
+        raise ValueError(f"{type(processor).__name__}.out_nodata must be set")
+    check_nodata(processor.out_nodata, processor.out_dtype, what="output nodata")
+
+
+def _writer_options(processor: Processor, image: RasterInfo, creation_options, cog) -> dict:
+    return dict(
+        width=image.width, height=image.height, count=processor.out_count,
+        dtype=processor.out_dtype, crs=image.crs, transform=image.transform,
+        nodata=processor.out_nodata, descriptions=processor.descriptions,
+        tags=processor.tags, band_tags=processor.band_tags, colormap=processor.colormap,
+        classes=processor.classes, creation_options=creation_options, cog=cog,
+    )
+
+
+def plan(
     processor: Processor,
     image: RasterInfo,
     band_positions: Sequence[int],
     out_path: str | os.PathLike,
     *,
-    chunk_size: int = 1024,
-    scheduler: object = None,
-    workers: int | None = None,
-    threads: int | None = None,
+    execution: Execution | None = None,
     overwrite: bool = False,
     cog: bool = False,
     creation_options: dict[str, object] | None = None,
-    progress: Progress | None = None,
-    dry_run: bool = False,
-    gdal_env: dict[str, Any] | None = None,
-) -> RunResult | dict[str, Any]:
-    """Run ``processor`` over ``image`` chunk by chunk and write a GeoTIFF at ``out_path``.
+) -> dict[str, Any]:
+    """What :func:`run` would read, compute and write (JSON-serialisable); reads no pixel.
 
-    ``band_positions`` (0-based) select and order the bands the processor receives.
-    ``scheduler``: None for local threads (``threads``, default all cores), a
-    ``tcp://host:port`` address or a ``distributed.Client``; ``workers=N`` starts a local
-    cluster of N single-threaded worker processes. ``progress(done_pixels, total_pixels)`` is
-    called after each window. With ``dry_run`` nothing is read or written and the plan (a
-    JSON-serialisable dict) is returned.
+    Validates everything :func:`run` needs (bands, processor, creation options, output path
+    unless it exists and ``overwrite``), so a refusal comes before any work.
     """
+    execution = execution or Execution()
     positions = _check_bands(image, band_positions)
-    if workers is not None and workers < 1:
-        raise NdgeoError(f"--workers must be >= 1, got {workers}")
-    halo = int(getattr(processor, "halo", 0))
-    if halo < 0:
-        raise ValueError(f"processor halo must be >= 0, got {halo}")
-    if processor.out_nodata is None:
-        raise ValueError(f"{type(processor).__name__}.out_nodata must be set")
-    check_nodata(processor.out_nodata, processor.out_dtype, what="output nodata")
-    prepare = getattr(processor, "prepare", None)
-    if prepare is not None:
-        prepare(image)
-    env = _gdal_env(gdal_env)
-    chunks = chunk_shape(chunk_size, image.block_shape, image.shape)
+    _check_processor(processor)
+    chunks = chunk_shape(execution.chunk_size, image.block_shape, image.shape)
     windows = plan_windows(image.shape, chunks)
-    local_threads = threads or os.cpu_count() or 1
-    writer_options = dict(
-        width=image.width,
-        height=image.height,
-        count=processor.out_count,
-        dtype=processor.out_dtype,
-        crs=image.crs,
-        transform=image.transform,
-        nodata=processor.out_nodata,
-        descriptions=getattr(processor, "descriptions", None),
-        tags=getattr(processor, "tags", None),
-        band_tags=getattr(processor, "band_tags", None),
-        colormap=getattr(processor, "colormap", None),
-        creation_options=creation_options,
-        cog=cog,
-    )
-    if dry_run:
-        return _plan(image, positions, out_path, processor, chunks, windows, writer_options,
-                     scheduler, workers, local_threads, env, overwrite)
-    out_abs = check_output(out_path, overwrite=overwrite)
-    if os.path.exists(out_abs) and os.path.samefile(out_abs, image.path):
-        raise NdgeoError(f"output {out_abs} is the input raster")
-    source = _lazy_bands(image, positions)
-    total = image.width * image.height
-    done = skipped = 0
-    start = time.perf_counter()
-    # Static arguments ride in a partial so dask does not traverse (or rebuild) the processor.
-    task = dask.delayed(
-        partial(_process_window, source, processor, image.nodata, image.shape, env,
-                _mask_source(image, positions)),
-        pure=False,
-    )
-    with rasterio.Env(**env), _client(scheduler, workers, env) as (client, name, slots):
-        slots = slots or local_threads
-        tasks = (
-            (w, task(_as_tuple(w))) for w in windows
-        )
-        with GeoTIFFWriter(out_abs, overwrite=overwrite, **writer_options) as dst:
-            for window, result in _execute(tasks, client, slots, 2 * slots):
-                if result is None:
-                    skipped += 1
-                    result = np.full(
-                        (processor.out_count, window.height, window.width),
-                        processor.out_nodata,
-                        dtype=processor.out_dtype,
-                    )
-                dst.write(result, window)
-                done += int(window.width * window.height)
-                if progress is not None:
-                    progress(done, total)
-    name = name if client is not None else f"threads ({local_threads})"
-    return RunResult(out_abs, len(windows), skipped, total, time.perf_counter() - start, name)
-
-
-def _plan(image, positions, out_path, processor, chunks, windows, writer_options, scheduler,
-          workers, local_threads, env, overwrite) -> dict[str, Any]:
-    """The dry-run plan: what :func:`run` would read, compute and write."""
-    halo = int(getattr(processor, "halo", 0))
-    if workers:
-        sched, slots = f"LocalCluster ({workers} processes x 1 thread)", workers
-    elif scheduler is not None:
-        sched, slots = str(getattr(scheduler, "scheduler", scheduler)), None
-    else:
-        sched, slots = f"threads ({local_threads})", local_threads
+    halo = processor.halo
+    slots = execution.workers or (None if execution.scheduler is not None
+                                  else execution.local_threads)
     in_flight = 2 * (slots or 1)
     read_px = (chunks[0] + 2 * halo) * (chunks[1] + 2 * halo)
     in_bytes = len(positions) * read_px * (np.dtype(image.dtype).itemsize + 4)
     out_bytes = processor.out_count * chunks[0] * chunks[1] * (
         4 + np.dtype(processor.out_dtype).itemsize
     )
-    profile = creation_profile(processor.out_dtype, writer_options["creation_options"])
-    cache_mb = float(env.get("GDAL_CACHEMAX", 0))
+    profile = creation_profile(processor.out_dtype, creation_options)
+    cache_mb = float(execution.env.get("GDAL_CACHEMAX", 0))
     return {
-        "input": os.path.abspath(image.path),
+        "input": image.path,
         "output": os.path.abspath(os.fspath(out_path)),
         "output_exists": os.path.exists(out_path),
         "overwrite": overwrite,
@@ -480,44 +466,99 @@ def _plan(image, positions, out_path, processor, chunks, windows, writer_options
         "read_shape": [min(image.height, chunks[0] + 2 * halo),
                        min(image.width, chunks[1] + 2 * halo)],
         "output_profile": {
-            "driver": "COG" if writer_options["cog"] else "GTiff",
+            "driver": "COG" if cog else "GTiff",
             "count": processor.out_count,
             "dtype": processor.out_dtype,
             "nodata": processor.out_nodata,
-            "descriptions": list(writer_options["descriptions"] or []),
+            "descriptions": list(processor.descriptions or []),
             "creation_options": profile,
         },
         **_batch_plan(processor, chunks),
-        "scheduler": sched,
+        "scheduler": execution.describe(),
         "in_flight": in_flight if slots else "2 x worker threads",
-        "gdal_env": {k: str(v) for k, v in env.items()},
+        "gdal_env": {k: str(v) for k, v in execution.env.items()},
         "estimated_peak_memory_mb": round(
             (in_flight * (in_bytes + out_bytes)) / 2**20 + cache_mb, 1
         ),
     }
 
 
+def run(
+    processor: Processor,
+    image: RasterInfo,
+    band_positions: Sequence[int],
+    out_path: str | os.PathLike,
+    *,
+    execution: Execution | None = None,
+    overwrite: bool = False,
+    cog: bool = False,
+    creation_options: dict[str, object] | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Run ``processor`` over ``image`` chunk by chunk and write a GeoTIFF at ``out_path``.
+
+    ``band_positions`` (0-based) select and order the bands the processor receives;
+    ``execution`` says where tasks run (default: local threads, 1024 px chunks).
+    ``progress(done_pixels, total_pixels)`` is called after each window.
+    """
+    execution = execution or Execution()
+    positions = _check_bands(image, band_positions)
+    _check_processor(processor)
+    out_abs = check_output(out_path, overwrite=overwrite,
+                           inputs=[image.path, *processor.inputs()])
+    chunks = chunk_shape(execution.chunk_size, image.block_shape, image.shape)
+    windows = plan_windows(image.shape, chunks)
+    writer_options = _writer_options(processor, image, creation_options, cog)
+    source = _lazy_bands(image, positions)
+    total = image.width * image.height
+    done = skipped = 0
+    start = time.perf_counter()
+    with execution:
+        processor.prepare(image, execution)
+        # Static arguments ride in a partial so dask does not traverse (or rebuild) it.
+        task = dask.delayed(
+            partial(_process_window, source, processor, image.nodata, image.shape,
+                    execution.env, _mask_source(image, positions)),
+            pure=False,
+        )
+        tasks = ((w, task(_as_tuple(w))) for w in windows)
+        slots = execution.slots
+        with GeoTIFFWriter(out_abs, overwrite=overwrite, **writer_options) as dst:
+            for window, result in _execute(tasks, execution.client, slots, 2 * slots):
+                if result is None:
+                    skipped += 1
+                    result = np.full(
+                        (processor.out_count, window.height, window.width),
+                        processor.out_nodata,
+                        dtype=processor.out_dtype,
+                    )
+                dst.write(result, window)
+                done += int(window.width * window.height)
+                if progress is not None:
+                    progress(done, total)
+        name = execution.name
+    return RunResult(out_abs, len(windows), skipped, total, time.perf_counter() - start, name)
+
+
 def _scaling_plan(processor: Processor, image: RasterInfo,
                   positions: Sequence[int]) -> dict[str, list[float]] | None:
     """The GDAL scale/offset the processor applies, by band name (None: none)."""
-    scaling = getattr(processor, "scaling", None)
-    if scaling is None:
+    if processor.scaling is None:
         return None
-    return {image.bands[p].name: [s, o] for p, s, o in zip(positions, *scaling, strict=True)}
+    return {image.bands[p].name: [s, o]
+            for p, s, o in zip(positions, *processor.scaling, strict=True)}
 
 
 def _batch_plan(processor: Processor, chunks: tuple[int, int]) -> dict[str, Any]:
     """Model batches per chunk, for processors that run a model in batches."""
-    batch_size = getattr(processor, "batch_size", None)
-    if not batch_size:
+    if not processor.batch_size:
         return {}
     plan: dict[str, Any] = {
-        "batch_size": int(batch_size),
-        "batches_per_chunk": math.ceil(chunks[0] * chunks[1] / batch_size),
+        "batch_size": int(processor.batch_size),
+        "batches_per_chunk": math.ceil(chunks[0] * chunks[1] / processor.batch_size),
     }
-    device = getattr(processor, "device", None)
-    if device is not None:
-        plan["device"] = str(device)
+    if processor.device is not None:
+        plan["device"] = str(processor.device)
     return plan
 
 
@@ -525,46 +566,26 @@ def scene_statistics(
     image: RasterInfo,
     band_positions: Sequence[int],
     *,
-    chunk_size: int = 1024,
-    scheduler: object = None,
-    workers: int | None = None,
-    threads: int | None = None,
-    gdal_env: dict[str, Any] | None = None,
+    execution: Execution | None = None,
 ) -> dict[str, Any]:
     """Masked count, mean and population std of the valid pixels, per band and over all bands.
 
-    Computed in float64 blockwise (Chan's parallel merge), so it equals numpy on the whole
-    array without holding it. Returns ``{"count", "mean": [...], "std": [...], "joint_count",
-    "joint_mean", "joint_std"}`` with bands in ``band_positions`` order.
+    Computed in float64 blockwise (:mod:`ndgeo.stats`, Chan's parallel merge), so it equals
+    numpy on the whole array without holding it; bands in ``band_positions`` order.
     """
+    execution = execution or Execution()
     positions = _check_bands(image, band_positions)
-    env = _gdal_env(gdal_env)
-    windows = plan_windows(image.shape, chunk_shape(chunk_size, image.block_shape, image.shape))
+    windows = plan_windows(image.shape, chunk_shape(execution.chunk_size, image.block_shape,
+                                                    image.shape))
     source = _lazy_bands(image, positions)
-    task = dask.delayed(
-        partial(_window_stats, source, image.nodata, image.shape, env,
-                _mask_source(image, positions)),
-        pure=False,
-    )
-    k = len(positions)
-    total = (0, np.zeros(k), np.zeros(k))
-    with rasterio.Env(**env), _client(scheduler, workers, env) as (client, _, slots):
-        slots = slots or threads or os.cpu_count() or 1
+    total: tuple = (0, np.zeros(len(positions)), np.zeros(len(positions)))
+    with execution:
+        task = dask.delayed(
+            partial(_window_stats, source, image.nodata, image.shape, execution.env,
+                    _mask_source(image, positions)),
+            pure=False,
+        )
         tasks = ((w, task(_as_tuple(w))) for w in windows)
-        for _, part in _execute(tasks, client, slots, 2 * slots):
-            total = _merge(total, part)
-    n, mean, m2 = total
-    if n == 0:
-        raise NdgeoError(f"{image.path} has no valid pixel in the selected bands")
-    # Joint (all bands pooled): merge the per-band summaries as equal-sized groups.
-    joint = (0, 0.0, 0.0)
-    for b in range(k):
-        joint = _merge(joint, (n, mean[b], m2[b]))
-    return {
-        "count": int(n),
-        "mean": [float(x) for x in mean],
-        "std": [float(x) for x in np.sqrt(m2 / n)],
-        "joint_count": int(joint[0]),
-        "joint_mean": float(joint[1]),
-        "joint_std": float(math.sqrt(joint[2] / joint[0])),
-    }
+        for _, part in _execute(tasks, execution.client, execution.slots, 2 * execution.slots):
+            total = stats.merge(total, part)
+    return stats.summary(total, name=image.path)

@@ -31,7 +31,7 @@ from scipy import ndimage
 from ndgeo import __version__
 from ndgeo.bands import letter_for
 from ndgeo.errors import NdgeoError
-from ndgeo.writer import atomic_path
+from ndgeo.io.writer import ClassInfo, atomic_path, write_raster
 
 #: Sentinel-2 bands of the scene, in file order, with their central wavelengths (nm).
 BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
@@ -430,66 +430,36 @@ def _truth(seed: int, size: int, transform: Affine, labels: np.ndarray) -> dict:
 
 
 def _write_image(path: Path, image: np.ndarray, transform: Affine, seed: int, size: int) -> None:
-    profile = {
-        "driver": "GTiff",
-        "width": size,
-        "height": size,
-        "count": len(BANDS),
-        "dtype": "uint16",
-        "crs": CRS.from_epsg(CRS_EPSG),
-        "transform": transform,
-        "nodata": NODATA,
-        "tiled": True,
-        "blockxsize": BLOCK,
-        "blockysize": BLOCK,
-        "compress": "deflate",
-        "predictor": 2,
-        "interleave": "pixel",
-    }
-    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(image)
-        dst.descriptions = BANDS
-        dst.update_tags(
-            NDGEO_GENERATOR="ndgeo.sample.make_sample",
-            NDGEO_VERSION=__version__,
-            SEED=str(seed),
-            SIZE=str(size),
-            REFLECTANCE_SCALE=str(SCALE),
-            TRUE_INDEX="crop where (B08 - 2*B05)/(B08 + 2*B05) > 0, else grassland",
-            DESCRIPTION=(
+    write_raster(
+        path, image, crs=CRS.from_epsg(CRS_EPSG), transform=transform, nodata=NODATA,
+        block_size=BLOCK, overwrite=True, descriptions=BANDS,
+        creation_options={"COMPRESS": "DEFLATE", "PREDICTOR": "2", "INTERLEAVE": "PIXEL"},
+        tags={
+            "NDGEO_GENERATOR": "ndgeo.sample.make_sample",
+            "NDGEO_VERSION": __version__,
+            "SEED": str(seed),
+            "SIZE": str(size),
+            "REFLECTANCE_SCALE": str(SCALE),
+            "TRUE_INDEX": "crop where (B08 - 2*B05)/(B08 + 2*B05) > 0, else grassland",
+            "DESCRIPTION": (
                 "Synthetic Sentinel-2-like scene: endmember mixtures (crop, grassland, bare "
                 "soil, water, built-up) x terrain shading 0.5-1.3 + blue-weighted haze + "
                 "sensor blur and noise; reflectance x 10000; nodata border and swath corner"
             ),
-        )
-        for i, (band, centre) in enumerate(zip(BANDS, CENTRES_NM, strict=True), start=1):
-            dst.update_tags(i, CENTER_WAVELENGTH_NM=str(centre), ASI_LETTER=letter_for(band))
+        },
+        band_tags=[{"CENTER_WAVELENGTH_NM": str(centre), "ASI_LETTER": letter_for(band)}
+                   for band, centre in zip(BANDS, CENTRES_NM, strict=True)],
+    )
 
 
 def _write_labels_raster(path: Path, labels: np.ndarray, transform: Affine) -> None:
-    size = labels.shape[0]
-    profile = {
-        "driver": "GTiff",
-        "width": size,
-        "height": size,
-        "count": 1,
-        "dtype": "uint8",
-        "crs": CRS.from_epsg(CRS_EPSG),
-        "transform": transform,
-        "nodata": 0,
-        "tiled": True,
-        "blockxsize": BLOCK,
-        "blockysize": BLOCK,
-        "compress": "deflate",
-    }
-    names = {str(i): name for i, (name, _) in enumerate(CLASSES, start=1)}
-    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(labels, 1)
-        dst.descriptions = ("class",)
-        dst.write_colormap(
-            1, {0: (0, 0, 0, 0)} | {i: (*rgb, 255) for i, (_, rgb) in enumerate(CLASSES, 1)}
-        )
-        dst.update_tags(CLASSES=json.dumps(names), UNLABELLED="0")
+    classes = [ClassInfo(i, name, rgb) for i, (name, rgb) in enumerate(CLASSES, start=1)]
+    write_raster(
+        path, labels.astype("uint8"), crs=CRS.from_epsg(CRS_EPSG), transform=transform,
+        nodata=0, block_size=BLOCK, overwrite=True, descriptions=["class"],
+        creation_options={"COMPRESS": "DEFLATE", "PREDICTOR": "1"},
+        classes=classes, tags={"UNLABELLED": "0"},
+    )
 
 
 def _write_labels_vector(path: Path, polygons: list[tuple[str, shapely.Polygon]]) -> None:

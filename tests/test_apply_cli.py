@@ -105,7 +105,8 @@ def tiled(sample_scene, tmp_path_factory):
                                      ["class", "proba", "indices"]])
 def test_outputs_equal_model_on_whole_array(nd_model, tiled, tmp_path, outputs, helpers):
     out = tmp_path / "o.tif"
-    result = _apply(nd_model.path, tiled, out, "--output", ",".join(outputs), "--chunk-size", "40")
+    result = _apply(nd_model.path, tiled, out, "--products", ",".join(outputs),
+                    "--chunk-size", "40")
     assert result.exit_code == 0, result.output
     _assert_matches_model(out, tiled, nd_model.path, outputs, helpers)
 
@@ -159,7 +160,7 @@ def test_bands_are_matched_by_name_not_position(nd_model, tiled, tmp_path):
     with rasterio.open(shuffled) as src:
         assert src.descriptions[:2] == ("B8A", "B04")
     for image, out in ((tiled, tmp_path / "a.tif"), (shuffled, tmp_path / "b.tif")):
-        result = _apply(nd_model.path, image, out, "--output", "class,proba")
+        result = _apply(nd_model.path, image, out, "--products", "class,proba")
         assert result.exit_code == 0, result.output
     assert np.array_equal(_read(tmp_path / "a.tif")[0], _read(tmp_path / "b.tif")[0],
                           equal_nan=True)
@@ -176,7 +177,7 @@ def test_band_names_option_names_an_undescribed_image(nd_model, tiled, tmp_path)
     assert result.exit_code == 2 and "not found" in result.output
     named = ["--band-names", ",".join(names)]
     for image, out, extra in ((tiled, "a.tif", []), (bare, "b.tif", named)):
-        result = _apply(nd_model.path, image, tmp_path / out, "--output", "class,proba", *extra)
+        result = _apply(nd_model.path, image, tmp_path / out, "--products", "class,proba", *extra)
         assert result.exit_code == 0, result.output
     assert np.array_equal(_read(tmp_path / "a.tif")[0], _read(tmp_path / "b.tif")[0],
                           equal_nan=True)
@@ -199,7 +200,7 @@ def test_class_output_has_colour_table_and_class_names(nd_model, tiled, tmp_path
 
 def test_index_descriptions_carry_the_formulas(nd_model, tiled, tmp_path):
     out = tmp_path / "i.tif"
-    assert _apply(nd_model.path, tiled, out, "--output", "indices").exit_code == 0
+    assert _apply(nd_model.path, tiled, out, "--products", "indices").exit_code == 0
     with rasterio.open(out) as src:
         descriptions = src.descriptions
     printed = runner.invoke(app, ["formula", str(nd_model.path)]).stdout
@@ -214,7 +215,7 @@ def test_index_descriptions_carry_the_formulas(nd_model, tiled, tmp_path):
 
 def test_cog_output_validates(nd_model, tiled, tmp_path):
     out = tmp_path / "cog.tif"
-    result = _apply(nd_model.path, tiled, out, "--output", "proba", "--cog")
+    result = _apply(nd_model.path, tiled, out, "--products", "proba", "--cog")
     assert result.exit_code == 0, result.output
     is_valid, errors, _ = cog_validate(str(out))
     assert is_valid, errors
@@ -222,7 +223,7 @@ def test_cog_output_validates(nd_model, tiled, tmp_path):
 
 
 def test_local_cluster_workers_equal_local_threads(nd_model, tiled, tmp_path):
-    common = ["--output", "class,proba,indices", "--chunk-size", "32"]
+    common = ["--products", "class,proba,indices", "--chunk-size", "32"]
     for name, extra in (("local", []), ("cluster", ["--workers", "2"])):
         result = _apply(nd_model.path, tiled, tmp_path / f"{name}.tif", *common, *extra)
         assert result.exit_code == 0, result.output
@@ -244,7 +245,7 @@ def test_exported_asi_formulas_through_index_equal_model_indices(nd_model, tiled
     result = runner.invoke(app, ["-q", "index", str(tiled), "-o", str(idx), "--formula-file",
                                  str(tmp_path / "f.json")])
     assert result.exit_code == 0, result.output
-    assert _apply(nd_model.path, tiled, own, "--output", "indices").exit_code == 0
+    assert _apply(nd_model.path, tiled, own, "--products", "indices").exit_code == 0
 
     model, meta = load_model(nd_model.path)
     names = [b["name"] for b in meta["bands"]]
@@ -341,10 +342,10 @@ def test_mlp_applies_class_and_proba_but_has_no_indices(sample_scene, tiled, tmp
                                  str(sample_scene.labels_raster), "-o", str(model), "--model",
                                  "mlp", "--epochs", "1", "--no-report"])
     assert result.exit_code == 0, result.output
-    result = _apply(model, tiled, tmp_path / "o.tif", "--output", "indices")
+    result = _apply(model, tiled, tmp_path / "o.tif", "--products", "indices")
     assert result.exit_code == 2 and "ND model" in result.output
     assert not (tmp_path / "o.tif").exists()
-    result = _apply(model, tiled, tmp_path / "c.tif", "--output", "class,proba", "--chunk-size",
+    result = _apply(model, tiled, tmp_path / "c.tif", "--products", "class,proba", "--chunk-size",
                     "32")  # its band-major form equals the MLP itself
     assert result.exit_code == 0, result.output
     _assert_matches_model(tmp_path / "c.tif", tiled, model, ["class", "proba"], helpers)

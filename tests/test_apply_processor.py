@@ -8,11 +8,11 @@ import pytest
 import rasterio
 import torch
 
-from ndgeo.apply import model_processor
 from ndgeo.checkpoint import save_model
-from ndgeo.engine import run
+from ndgeo.engine import Execution, run
+from ndgeo.io.raster import open_raster
 from ndgeo.nn import NDClassifier
-from ndgeo.raster import open_raster
+from ndgeo.processors.classify import model_processor
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_float_input_without_nodata_equals_model(nd_model, float_scene, tmp_path
     processor, positions = model_processor(nd_model.path, info, outputs=outputs, device="cpu",
                                            batch_size=500)
     out = tmp_path / "o.tif"
-    run(processor, info, positions, out, chunk_size=48)
+    run(processor, info, positions, out, execution=Execution(chunk_size=48))
     names = [info.bands[p].name for p in positions]
     raw, _ = helpers.read(float_scene, names)
     valid = (raw > 0).any(axis=0)  # no nodata value: only all-zero pixels are invalid
@@ -96,7 +96,7 @@ def _save_nd(path, n_classes, names, *, winner=None, seed=0):
 def _apply_lib(model, image, out, **kwargs):
     info = open_raster(image)
     processor, positions = model_processor(model, info, device="cpu", **kwargs)
-    run(processor, info, positions, out, chunk_size=32)
+    run(processor, info, positions, out, execution=Execution(chunk_size=32))
     with rasterio.open(out) as src:
         return src.read(), src.profile, src.tags()
 

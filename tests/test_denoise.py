@@ -14,13 +14,15 @@ import rasterio
 import torch
 from typer.testing import CliRunner
 
-from ndgeo import denoise as lib
 from ndgeo import engine
 from ndgeo.checkpoint import load_model, save_model
 from ndgeo.cli import app
+from ndgeo.config import parse_sigma
 from ndgeo.errors import NdgeoError
+from ndgeo.io.raster import open_raster, read_float_block
+from ndgeo.io.tiles import aligned_chunk_size
 from ndgeo.nn import WNE, NDClassifier, measure_receptive_field
-from ndgeo.raster import open_raster, read_float_block
+from ndgeo.processors import denoise as lib
 from ndgeo.sample import CLASSES, make_sample
 
 runner = CliRunner()
@@ -84,6 +86,7 @@ def denoisers(scene):
 def whole_reference(processor, path):
     """The denoiser on the whole in-memory image with the same scene statistics."""
     info = open_raster(path)
+    processor.prepare(info)  # the scene statistics pass, as in a run
     with rasterio.open(path) as src:
         block, valid = read_float_block(src, info, range(info.count))
     return processor.denoise(block, valid), valid
@@ -123,12 +126,12 @@ def test_unwrapped_and_ne_arch_are_not_wrapped(scene):
 
 
 def test_parse_sigma_forms():
-    assert lib.parse_sigma("150", data_range=5000) == 150
-    assert lib.parse_sigma("2%", data_range=5000) == 100
-    assert lib.parse_sigma("5x", data_range=5000, train_sigma=30) == 150
+    assert parse_sigma("150", data_range=5000) == 150
+    assert parse_sigma("2%", data_range=5000) == 100
+    assert parse_sigma("5x", data_range=5000, train_sigma=30) == 150
     for bad in ("5x", "-3", "abc", "0%"):
         with pytest.raises(NdgeoError, match="noise level"):
-            lib.parse_sigma(bad, data_range=5000)
+            parse_sigma(bad, data_range=5000)
 
 
 # --- tiled application == whole scene -------------------------------------------------------
@@ -157,7 +160,7 @@ def test_tiles_without_halo_differ(scene, denoisers, tmp_path):
     info = open_raster(scene["tiled"])
     processor, positions, _ = lib.denoise_processor(denoisers["dncnn"], info, out_dtype="float32")
     engine.run(dataclasses.replace(processor, halo=0), info, positions, tmp_path / "o.tif",
-               chunk_size=32)
+               execution=engine.Execution(chunk_size=32))
     reference, valid = whole_reference(processor, scene["tiled"])
     seams = np.abs(read(tmp_path / "o.tif")[0][:, valid] - reference[:, valid]).max()
     assert seams > 1e-3 * processor.data_range
@@ -167,7 +170,8 @@ def test_striped_file_chunks_are_aligned(scene, denoisers, tmp_path):
     striped = rewrite(scene["tiled"], tmp_path / "striped.tif", tile=None)
     info = open_raster(striped)
     assert info.block_shape == (1, SIZE)
-    assert lib.aligned_chunk_size(50, info, 4) == 48 and lib.aligned_chunk_size(50, info, 1) == 50
+    assert aligned_chunk_size(50, info.block_shape, info.shape, 4) == 48
+    assert aligned_chunk_size(50, info.block_shape, info.shape, 1) == 50
     out = tmp_path / "out.tif"
     assert cli("denoise", "apply", denoisers["transformer"], striped, "-o", out, "--dtype",
                "float32", "--chunk-size", 50).exit_code == 0
@@ -369,3 +373,29 @@ def test_user_errors_exit_2_and_write_nothing(scene, denoisers, tmp_path):
         assert message in lines[0]
     assert not out.exists() and existing.read_bytes() == b"keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.tif"]
+
+
+def test_apply_denoise_with_workers_starts_one_cluster(scene, denoisers, tmp_path, monkeypatch):
+    """One execution context per command: the statistics pass and the run share one
+    LocalCluster (it used to start one for each)."""
+    import distributed
+
+    starts = []
+
+    class CountingCluster(distributed.LocalCluster):
+        def __init__(self, *args, **kwargs):
+            starts.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(distributed, "LocalCluster", CountingCluster)
+    info = open_raster(scene["tiled"])
+    model_path = tmp_path / "classifier.safetensors"
+    save_model(model_path, NDClassifier(info.count, 2, n_indices=2), {
+        "bands": [{"name": b.name, "letter": b.letter} for b in info.bands],
+        "classes": [{"id": 0, "name": "a"}, {"id": 1, "name": "b"}],
+    })
+    out = tmp_path / "classes.tif"
+    result = cli("apply", model_path, scene["tiled"], "-o", out, "--denoise", denoisers["dncnn"],
+                 "--workers", "1", "--chunk-size", 32)
+    assert result.exit_code == 0, result.output
+    assert len(starts) == 1 and out.exists()

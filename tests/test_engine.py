@@ -18,9 +18,12 @@ from affine import Affine
 from rasterio.enums import ColorInterp
 from rio_cogeo.cogeo import cog_validate
 
-from ndgeo.engine import CACHE_SIZE, cached_load, chunk_shape, run, scene_statistics
+from ndgeo.checkpoint import CACHE_SIZE, cached_load
+from ndgeo.engine import Execution, Processor, run, scene_statistics
+from ndgeo.engine import plan as engine_plan
 from ndgeo.errors import NdgeoError
-from ndgeo.raster import open_raster
+from ndgeo.io.raster import open_raster
+from ndgeo.io.tiles import chunk_shape
 
 TRANSFORM = Affine(10.0, 0.0, 600000.0, 0.0, -10.0, 5100000.0)
 NODATA = 0
@@ -30,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 # --- test processors (module level: picklable and importable by dask workers) ---------------
 
 
-class NormalizedDifference:
+class NormalizedDifference(Processor):
     """Per-pixel (a - b) / (a + b) of the first two bands."""
 
     halo = 0
@@ -45,7 +48,7 @@ class NormalizedDifference:
         return ((a - b) / (a + b))[None]
 
 
-class BoxMean:
+class BoxMean(Processor):
     """Mean of the valid pixels in a (2 halo + 1)^2 window, per band; needs a halo."""
 
     out_dtype = "float32"
@@ -70,7 +73,7 @@ class BoxMean:
         return total / np.maximum(count, 1)
 
 
-class Classes:
+class Classes(Processor):
     """Three classes from the normalized difference; uint8 with a colour table."""
 
     halo = 0
@@ -86,7 +89,7 @@ class Classes:
         return np.digitize(nd, [-0.3, 0.3])[None]
 
 
-class TorchThreads:
+class TorchThreads(Processor):
     """Writes the torch thread count a task sees after ``one_torch_thread``."""
 
     halo = 0
@@ -193,7 +196,7 @@ def test_per_pixel_output_equals_whole_image(tmp_path, chunk):
     raw = make_image(tmp_path / "in.tif")
     image = open_raster(tmp_path / "in.tif")
     proc = NormalizedDifference()
-    result = run(proc, image, [2, 1], tmp_path / "out.tif", chunk_size=chunk)
+    result = run(proc, image, [2, 1], tmp_path / 'out.tif', execution=Execution(chunk_size=chunk))
     out = read(tmp_path / "out.tif")
     np.testing.assert_array_equal(out, whole_image(proc, raw, [2, 1], NODATA))
     assert (out[0, :, :7] == -9999).all() and out[0, 40, 50] == -9999
@@ -204,7 +207,8 @@ def test_per_pixel_output_equals_whole_image(tmp_path, chunk):
 def test_halo_processor_is_seamless(tmp_path, halo, chunk):
     raw = make_image(tmp_path / "in.tif")
     proc = BoxMean(halo=halo)
-    run(proc, open_raster(tmp_path / "in.tif"), [0, 1], tmp_path / "out.tif", chunk_size=chunk)
+    run(proc, open_raster(tmp_path / 'in.tif'), [0, 1], tmp_path / 'out.tif',
+        execution=Execution(chunk_size=chunk))
     np.testing.assert_array_equal(read(tmp_path / "out.tif"), whole_image(proc, raw, [0, 1], 0))
 
 
@@ -214,7 +218,8 @@ def test_non_finite_float_input_becomes_output_nodata(tmp_path):
     with rasterio.open(tmp_path / "in.tif", "r+") as dst:
         dst.write(raw)
     proc = NormalizedDifference()
-    run(proc, open_raster(tmp_path / "in.tif"), [0, 1], tmp_path / "out.tif", chunk_size=32)
+    run(proc, open_raster(tmp_path / 'in.tif'), [0, 1], tmp_path / 'out.tif',
+        execution=Execution(chunk_size=32))
     out = read(tmp_path / "out.tif")
     assert out[0, 10, 10] == out[0, 20, 30] == -9999 and (out[0, 70:] == -9999).all()
     np.testing.assert_array_equal(out, whole_image(proc, raw, [0, 1], None))
@@ -256,12 +261,12 @@ def test_gdal_mask_or_alpha_band_marks_pixels_invalid(tmp_path, kind):
     image = open_raster(path)
     assert image.has_mask and image.nodata is None
     proc = NormalizedDifference()
-    run(proc, image, [0, 1], tmp_path / "out.tif", chunk_size=32)
+    run(proc, image, [0, 1], tmp_path / 'out.tif', execution=Execution(chunk_size=32))
     out = read(tmp_path / "out.tif")[0]
     assert (out[~keep] == -9999).all() and (out[keep] != -9999).all()
     expected = whole_image(proc, raw, [0, 1], None)[0]
     np.testing.assert_array_equal(out[keep], expected[keep])
-    stats = scene_statistics(image, [0, 1], chunk_size=32)
+    stats = scene_statistics(image, [0, 1], execution=Execution(chunk_size=32))
     assert stats["count"] == keep.sum()
     np.testing.assert_allclose(stats["mean"], raw[:2, keep].mean(axis=1), rtol=1e-12)
 
@@ -275,9 +280,11 @@ def test_tasks_run_torch_on_one_thread_even_after_someone_changed_it(tmp_path):
     image = open_raster(tmp_path / "in.tif")
     before = torch.get_num_threads()
     try:
-        run(TorchThreads(), image, [0], tmp_path / "a.tif", chunk_size=32, threads=2)
+        run(TorchThreads(), image, [0], tmp_path / 'a.tif',
+            execution=Execution(chunk_size=32, threads=2))
         torch.set_num_threads(2)  # e.g. ndgeo.train restoring the caller's count
-        run(TorchThreads(), image, [0], tmp_path / "b.tif", chunk_size=32, threads=2)
+        run(TorchThreads(), image, [0], tmp_path / 'b.tif',
+            execution=Execution(chunk_size=32, threads=2))
     finally:
         torch.set_num_threads(before)
     for name in ("a.tif", "b.tif"):
@@ -292,8 +299,8 @@ def test_all_nodata_windows_are_not_processed(tmp_path):
         dst.write(raw)
     log = tmp_path / "calls.log"
     proc = CountingND(log)
-    result = run(proc, open_raster(tmp_path / "in.tif"), [0, 1], tmp_path / "out.tif",
-                 chunk_size=32)
+    result = run(proc, open_raster(tmp_path / 'in.tif'), [0, 1], tmp_path / 'out.tif',
+        execution=Execution(chunk_size=32))
     calls = log.read_text().splitlines()
     assert result.windows == 12 and result.skipped == 6 and len(calls) == 6
     np.testing.assert_array_equal(read(tmp_path / "out.tif"), whole_image(proc, raw, [0, 1], 0))
@@ -302,8 +309,9 @@ def test_all_nodata_windows_are_not_processed(tmp_path):
 def test_georeferencing_descriptions_tags_colour_table(tmp_path):
     raw = make_image(tmp_path / "in.tif")
     proc = Classes()
-    run(proc, open_raster(tmp_path / "in.tif"), [2, 0], tmp_path / "c.tif", chunk_size=64,
-        creation_options={"BLOCKXSIZE": 64, "BLOCKYSIZE": 64})
+    run(proc, open_raster(tmp_path / 'in.tif'), [2, 0], tmp_path / 'c.tif',
+        creation_options={'BLOCKXSIZE': 64, 'BLOCKYSIZE': 64},
+        execution=Execution(chunk_size=64))
     with rasterio.open(tmp_path / "c.tif") as src:
         assert src.crs.to_epsg() == 32632 and src.transform == TRANSFORM
         assert src.descriptions == ("class",) and src.nodata == 255
@@ -316,8 +324,9 @@ def test_georeferencing_descriptions_tags_colour_table(tmp_path):
 def test_progress_reports_all_pixels(tmp_path):
     make_image(tmp_path / "in.tif")
     seen = []
-    run(NormalizedDifference(), open_raster(tmp_path / "in.tif"), [0, 1], tmp_path / "o.tif",
-        chunk_size=32, progress=lambda done, total: seen.append((done, total)))
+    run(NormalizedDifference(), open_raster(tmp_path / 'in.tif'), [0, 1], tmp_path / 'o.tif',
+        progress=lambda done, total: seen.append((done, total)),
+        execution=Execution(chunk_size=32))
     assert len(seen) == 12 and seen[-1] == (7700, 7700)
     assert all(a[0] < b[0] for a, b in zip(seen, seen[1:], strict=False))
 
@@ -326,12 +335,13 @@ def test_processor_error_leaves_nothing_and_keeps_existing_output(tmp_path):
     make_image(tmp_path / "in.tif")
     image = open_raster(tmp_path / "in.tif")
     with pytest.raises(RuntimeError, match="processor failed"):
-        run(FailingND(tmp_path / "a.log"), image, [0, 1], tmp_path / "out.tif", chunk_size=32)
+        run(FailingND(tmp_path / 'a.log'), image, [0, 1], tmp_path / 'out.tif',
+            execution=Execution(chunk_size=32))
     assert sorted(os.listdir(tmp_path)) == ["a.log", "in.tif"]
     (tmp_path / "out.tif").write_bytes(b"keep me")
     with pytest.raises(RuntimeError, match="processor failed"):
-        run(FailingND(tmp_path / "b.log"), image, [0, 1], tmp_path / "out.tif", chunk_size=32,
-            overwrite=True)
+        run(FailingND(tmp_path / 'b.log'), image, [0, 1], tmp_path / 'out.tif', overwrite=True,
+            execution=Execution(chunk_size=32))
     assert (tmp_path / "out.tif").read_bytes() == b"keep me"
     assert sorted(os.listdir(tmp_path)) == ["a.log", "b.log", "in.tif", "out.tif"]
 
@@ -354,8 +364,9 @@ def test_output_checks_happen_before_compute(tmp_path):
 
 def test_dry_run_returns_json_plan_without_writing(tmp_path):
     make_image(tmp_path / "in.tif")
-    plan = run(BoxMean(halo=2), open_raster(tmp_path / "in.tif"), [1, 0], tmp_path / "o.tif",
-               chunk_size=64, dry_run=True, threads=2)
+    plan = engine_plan(BoxMean(halo=2), open_raster(tmp_path / 'in.tif'), [1, 0],
+        tmp_path / 'o.tif',
+        execution=Execution(chunk_size=64, threads=2))
     assert json.loads(json.dumps(plan)) == plan
     assert plan["chunks"] == 4 and plan["chunk_shape"] == [64, 64] and plan["halo"] == 2
     assert plan["bands"] == ["band_2", "band_1"] and plan["read_shape"] == [68, 68]
@@ -367,8 +378,8 @@ def test_dry_run_returns_json_plan_without_writing(tmp_path):
 def test_cog_output_validates(tmp_path):
     raw = make_image(tmp_path / "in.tif", height=600, width=520, block=64)
     proc = NormalizedDifference()
-    run(proc, open_raster(tmp_path / "in.tif"), [0, 1], tmp_path / "c.tif", chunk_size=128,
-        cog=True)
+    run(proc, open_raster(tmp_path / 'in.tif'), [0, 1], tmp_path / 'c.tif', cog=True,
+        execution=Execution(chunk_size=128))
     assert cog_validate(str(tmp_path / "c.tif"), quiet=True)[0]
     with rasterio.open(tmp_path / "c.tif") as src:
         assert src.overviews(1) == [2, 4]
@@ -379,7 +390,8 @@ def test_cog_output_validates(tmp_path):
 
 def test_scene_statistics_match_numpy(tmp_path):
     raw = make_image(tmp_path / "in.tif")
-    stats = scene_statistics(open_raster(tmp_path / "in.tif"), [2, 0], chunk_size=32)
+    stats = scene_statistics(open_raster(tmp_path / 'in.tif'), [2, 0],
+        execution=Execution(chunk_size=32))
     sel = raw[[2, 0]].astype("float64")
     valid = (sel != 0).all(axis=0)
     values = sel[:, valid]
@@ -454,8 +466,9 @@ def _wait_for_workers(address, n, timeout=30):
 def test_local_cluster_processes_equal_local_threads(tmp_path):
     make_image(tmp_path / "in.tif", height=130, width=100)
     image = open_raster(tmp_path / "in.tif")
-    run(BoxMean(), image, [0, 2], tmp_path / "local.tif", chunk_size=32)
-    result = run(BoxMean(), image, [0, 2], tmp_path / "dist.tif", chunk_size=32, workers=2)
+    run(BoxMean(), image, [0, 2], tmp_path / 'local.tif', execution=Execution(chunk_size=32))
+    result = run(BoxMean(), image, [0, 2], tmp_path / 'dist.tif',
+        execution=Execution(chunk_size=32, workers=2))
     assert result.scheduler.startswith("distributed") and result.windows == 20
     assert read(tmp_path / "dist.tif").tobytes() == read(tmp_path / "local.tif").tobytes()
 
@@ -463,7 +476,8 @@ def test_local_cluster_processes_equal_local_threads(tmp_path):
 def test_scheduler_and_worker_subprocesses_equal_local(tmp_path):
     make_image(tmp_path / "in.tif", height=130, width=100)
     image = open_raster(tmp_path / "in.tif")
-    run(NormalizedDifference(), image, [1, 0], tmp_path / "local.tif", chunk_size=64)
+    run(NormalizedDifference(), image, [1, 0], tmp_path / 'local.tif',
+        execution=Execution(chunk_size=64))
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     env = _worker_env()
@@ -480,8 +494,8 @@ def test_scheduler_and_worker_subprocesses_equal_local(tmp_path):
         ))
         _wait_for_workers(address, 1)
         log = tmp_path / "calls.log"
-        result = run(CountingND(log), image, [1, 0], tmp_path / "remote.tif", chunk_size=64,
-                     scheduler=address)
+        result = run(CountingND(log), image, [1, 0], tmp_path / 'remote.tif',
+            execution=Execution(chunk_size=64, scheduler=address))
         assert result.scheduler.startswith("distributed tcp://127.0.0.1")
         assert len(log.read_text().splitlines()) == result.windows - result.skipped == 6
     finally:
@@ -500,8 +514,8 @@ def test_unreachable_scheduler_is_a_clear_error(tmp_path):
     make_image(tmp_path / "in.tif")
     with dask.config.set({"distributed.comm.timeouts.connect": "2s"}), \
             pytest.raises(NdgeoError, match="cannot connect to dask scheduler"):
-        run(NormalizedDifference(), open_raster(tmp_path / "in.tif"), [0, 1],
-            tmp_path / "o.tif", scheduler=f"tcp://127.0.0.1:{_free_port()}")
+        run(NormalizedDifference(), open_raster(tmp_path / 'in.tif'), [0, 1], tmp_path / 'o.tif',
+            execution=Execution(scheduler=f'tcp://127.0.0.1:{_free_port()}'))
     assert sorted(os.listdir(tmp_path)) == ["in.tif"]
 
 
@@ -509,10 +523,11 @@ def test_unreachable_scheduler_is_a_clear_error(tmp_path):
 
 _KILL_SCRIPT = """
 import sys
-from ndgeo.engine import run
-from ndgeo.raster import open_raster
+from ndgeo.engine import Execution, run
+from ndgeo.io.raster import open_raster
 from test_engine import SlowND
-run(SlowND(0.02), open_raster(sys.argv[1]), [0, 1], sys.argv[2], chunk_size=32, threads=2)
+run(SlowND(0.02), open_raster(sys.argv[1]), [0, 1], sys.argv[2],
+    execution=Execution(chunk_size=32, threads=2))
 """
 
 
@@ -526,5 +541,5 @@ def test_sigkill_mid_run_leaves_no_output(tmp_path, helpers):
     helpers.kill_mid_write(proc, tmp_path, "out.tif", timeout=30)
     assert not out.exists()
     proc2 = NormalizedDifference()
-    run(proc2, open_raster(tmp_path / "in.tif"), [0, 1], out, chunk_size=128)
+    run(proc2, open_raster(tmp_path / 'in.tif'), [0, 1], out, execution=Execution(chunk_size=128))
     np.testing.assert_array_equal(read(out), whole_image(proc2, raw, [0, 1], NODATA))

@@ -12,7 +12,7 @@ from rasterio.transform import from_origin
 from rasterio.warp import Resampling, reproject
 
 from ndgeo.errors import NdgeoError
-from ndgeo.labels import TILE, load_many, load_training_pixels, read_manifest
+from ndgeo.io.labels import TILE, load_many, load_training_pixels, read_manifest
 from ndgeo.sample import make_sample
 
 X0, Y0, RES = 500_000.0, 4_200_000.0, 10.0

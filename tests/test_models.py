@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from ndgeo.device import run_batched
 from ndgeo.errors import NdgeoError
 from ndgeo.nn import (
     MLP,
@@ -21,7 +20,7 @@ from ndgeo.nn import (
     nd_indices_for_budget,
     register_model,
 )
-from ndgeo.nn.inference import argmax_rows, band_major
+from ndgeo.nn.inference import argmax_rows, band_major, run_batched
 from ndgeo.nn.nd import softplus
 
 BANDS = ["B02", "B03", "B04", "B05", "B08", "B11"]

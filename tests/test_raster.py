@@ -8,7 +8,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from ndgeo.errors import NdgeoError
-from ndgeo.raster import open_raster, to_float, valid_mask
+from ndgeo.io.raster import open_raster, to_float, valid_mask
 
 
 def _write(path, data, *, nodata=None, descriptions=None, block=32, compress="deflate"):

@@ -80,7 +80,7 @@ def test_model_trained_on_one_encoding_applies_to_the_other(pair, sample_scene, 
 
 
 def test_training_pixels_are_in_physical_units(pair, sample_scene):
-    from ndgeo.labels import load_many
+    from ndgeo.io.labels import load_many
 
     refl_path, encoded_path, _, _ = pair
     from_reflectance = load_many([(refl_path, sample_scene.labels_vector)], seed=0)
@@ -106,7 +106,7 @@ def undeclared(pair, tmp_path_factory):
 
 def test_scale_and_offset_options_stand_in_for_missing_metadata(pair, undeclared, sample_scene,
                                                                 tmp_path):
-    from ndgeo.labels import load_many
+    from ndgeo.io.labels import load_many
 
     _, encoded_path, _, valid = pair
     outs = []

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from ndgeo.errors import NdgeoError
-from ndgeo.labels import TrainingPixels, pixels_from_arrays
-from ndgeo.metrics import (
+from ndgeo.io.labels import TrainingPixels, pixels_from_arrays
+from ndgeo.training.classifier import TrainConfig, compare_models, split_pixels, train_model
+from ndgeo.training.metrics import (
     cohen_kappa,
     confusion_matrix,
     evaluate_model,
@@ -19,8 +20,7 @@ from ndgeo.metrics import (
     overall_accuracy,
     per_class,
 )
-from ndgeo.report import training_report
-from ndgeo.train import TrainConfig, compare_models, split_pixels, train_model
+from ndgeo.training.report import training_report
 
 BANDS = ["blue", "green", "red", "nir"]
 

@@ -13,7 +13,7 @@ from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
 
 from ndgeo.errors import NdgeoError
-from ndgeo.writer import GeoTIFFWriter, creation_profile, write_raster
+from ndgeo.io.writer import GeoTIFFWriter, creation_profile, write_raster
 
 TRANSFORM = Affine(20.0, 0.0, 300000.0, 0.0, -20.0, 5000000.0)
 

@@ -4,6 +4,6 @@ Each submodule registers its commands on :data:`app`; no logic lives here.
 """
 
 from ndgeo.cli import apply, data, denoise, train  # noqa: F401  (registers commands)
-from ndgeo.cli._app import app, main
+from ndgeo.cli.app import app, main
 
 __all__ = ["app", "main"]

@@ -8,12 +8,10 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from ndgeo.cli._app import app, console, is_quiet
-from ndgeo.cli._common import pixel_progress
-from ndgeo.cli.train import print_formulas, print_metrics
+from ndgeo.cli.app import app, console, is_quiet
+from ndgeo.cli.present import pixel_progress, print_formulas, print_metrics
 from ndgeo.config import TrainConfig
 from ndgeo.errors import NdgeoError
-from ndgeo.raster import open_raster
 
 if TYPE_CHECKING:
     from ndgeo.sample import SampleScene
@@ -71,11 +69,10 @@ def demo(
 ) -> None:
     """The whole job on the sample scene: check data, train, print learned formulas, apply."""
     from ndgeo import engine
-    from ndgeo.apply import model_processor
-    from ndgeo.checkpoint import save_model
-    from ndgeo.labels import load_many
+    from ndgeo.io.raster import open_raster
+    from ndgeo.processors.classify import model_processor
     from ndgeo.sample import describe_scene, make_sample, validate_sample
-    from ndgeo.train import train_model
+    from ndgeo.training.classifier import train
 
     quiet = is_quiet(ctx)
     say = (lambda *a, **k: None) if quiet else console.print
@@ -97,12 +94,9 @@ def demo(
     out.mkdir(parents=True, exist_ok=True)
     model_path, classes_path = out / "model.safetensors", out / "classes.tif"
     say(f"[bold]2. train[/] an ND classifier on {labels.name} (vector labels, blocked split)")
-    pixels = load_many([(image, labels)], seed=seed)
-    result = train_model(pixels, TrainConfig(epochs=epochs, seed=seed))
-    save_model(model_path, result.model, result.metadata())
-    from ndgeo.report import training_report  # matplotlib: only when needed
-
-    training_report(result, out / "model.png")
+    run = train([(image, labels)], model_path, TrainConfig(epochs=epochs, seed=seed),
+                report_path=out / "model.png", overwrite=True)
+    result = run.results[0]
     if not quiet:
         print_metrics(result.metrics, result.classes, "validation (block split)")
         say("[bold]3. learned index equations[/]")
@@ -111,7 +105,7 @@ def demo(
     info = open_raster(image)
     processor, positions = model_processor(model_path, info, outputs=["class"])
     with pixel_progress("4. apply", quiet=quiet) as progress:
-        run = engine.run(processor, info, positions, classes_path, overwrite=True,
-                         progress=progress)
-    say(f"[bold]4. classification[/] written to {run.out_path} "
+        done = engine.run(processor, info, positions, classes_path, overwrite=True,
+                          progress=progress)
+    say(f"[bold]4. classification[/] written to {done.out_path} "
         f"(uint8 class ids with colour table; model {model_path}, report {out / 'model.png'})")

@@ -2,61 +2,28 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ndgeo.cli._app import app, console, err_console, is_quiet
-from ndgeo.cli._common import parse_key_values, parse_list, print_json
-from ndgeo.cli.apply import (
-    _BANDS,
-    _CHUNK,
-    _CO,
-    _COG,
-    _CONFIG,
-    _DEVICE,
-    _DRY,
-    _NODATA,
-    _OVERWRITE,
-    _SCHED,
-    _SENSOR,
-    _WORKERS,
-    _run,
-)
+from ndgeo.cli import options as opt
+from ndgeo.cli.app import app, console, is_quiet
+from ndgeo.cli.apply import run_command
+from ndgeo.cli.options import parse_list
+from ndgeo.cli.present import print_json, step_progress
 from ndgeo.config import SIGMA_RULE, DenoiseConfig
 from ndgeo.errors import NdgeoError
-from ndgeo.raster import open_raster
-from ndgeo.writer import check_output
 
 denoise_app = typer.Typer(help="Train and apply WNE-wrapped denoisers.", no_args_is_help=True)
 app.add_typer(denoise_app, name="denoise")
-
-
-@contextmanager
-def _step_progress(quiet: bool):
-    """A rich bar over training steps showing the running RMSE (data units)."""
-    if quiet:
-        yield None
-        return
-    columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("rmse {task.fields[rmse]}"), TimeRemainingColumn())
-    with Progress(*columns, console=err_console) as bar:
-        task = bar.add_task("train", total=None, rmse="-")
-
-        def update(step: int, total: int, rmse: float) -> None:
-            bar.update(task, completed=step, total=total, rmse=f"{rmse:.4g}")
-
-        yield update
 
 
 @denoise_app.command("train")
 def denoise_train(
     ctx: typer.Context,
     images: list[Path] = typer.Argument(..., help="Clean training GeoTIFFs (same band names)."),
-    out: Path = typer.Option(..., "-o", "--output-file", help="Denoiser file to write (.safetensors)."),
+    out: Path = typer.Option(..., *opt.OUTPUT, help="Denoiser file to write (.safetensors)."),
     backbone: str = typer.Option("dncnn", "--backbone", help="dncnn, transformer (window attention) or ne-arch (equivariant by construction, never wrapped)."),
     wne: bool = typer.Option(True, "--wne/--no-wne", help="Wrap the backbone in WNE (default) or train it unwrapped (baseline)."),
     pooling: str = typer.Option("joint", "--pooling", help="WNE statistics over all bands jointly (joint, the paper's) or per band (band)."),
@@ -66,18 +33,20 @@ def denoise_train(
     batch_size: int = typer.Option(DenoiseConfig.batch_size, "--batch-size", help="Patches per step."),
     lr: float = typer.Option(DenoiseConfig.lr, "--lr", help="Adam learning rate (halved at 50% and 75% of the steps)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (patches, noise, weights)."),
-    depth: int | None = typer.Option(None, "--depth", help="Backbone depth (layers or transformer blocks)."),
-    width: int | None = typer.Option(None, "--width", help="Backbone channels (transformer: embedding dim)."),
+    depth: int | None = opt.DENOISE_DEPTH,
+    width: int | None = opt.DENOISE_WIDTH,
     window: int | None = typer.Option(None, "--window", help="Transformer attention window."),
-    bands: str | None = _BANDS,
-    sensor: str | None = _SENSOR,
-    nodata: float | None = _NODATA,
-    overwrite: bool = _OVERWRITE,
-    device: str = _DEVICE,
+    bands: str | None = opt.BAND_NAMES,
+    sensor: str | None = opt.SENSOR,
+    nodata: float | None = opt.NODATA,
+    overwrite: bool = opt.OVERWRITE,
+    device: str = opt.DEVICE,
 ) -> None:
     """Train a denoiser on clean patches with synthetic Gaussian noise."""
-    from ndgeo import denoise as lib
     from ndgeo.checkpoint import save_model
+    from ndgeo.io.raster import open_raster
+    from ndgeo.io.writer import check_output
+    from ndgeo.training.denoiser import train_denoiser
 
     check_output(out, overwrite=overwrite)
     infos = [open_raster(p, bands=parse_list(bands), sensor=sensor, nodata=nodata) for p in images]
@@ -87,10 +56,9 @@ def denoise_train(
         device=device,
     )
     quiet = is_quiet(ctx)
-    with _step_progress(quiet) as progress:
-        model, meta = lib.train_denoiser(infos, config, progress=progress)
-    check_output(out, overwrite=overwrite)
-    save_model(out, model, meta)
+    with step_progress(quiet) as progress:
+        model, meta = train_denoiser(infos, config, progress=progress)
+    save_model(out, model, meta, overwrite=overwrite)
     if not quiet:
         console.print(
             f"wrote [bold]{out}[/] ({backbone}{' + WNE' if meta['wne'] else ''}, sigma "
@@ -104,35 +72,33 @@ def denoise_apply(
     ctx: typer.Context,
     denoiser: Path = typer.Argument(..., help="Denoiser file written by `ndgeo denoise train`."),
     image: Path = typer.Argument(..., help="Input GeoTIFF (any size)."),
-    out: Path = typer.Option(..., "-o", "--output-file", help="Output GeoTIFF."),
+    out: Path = typer.Option(..., *opt.OUTPUT, help="Output GeoTIFF."),
     dtype: str = typer.Option("same", "--dtype", help="Output pixel type: same (input type, rounded and clipped) or e.g. float32 (exact values)."),
-    device: str = _DEVICE,
-    bands: str | None = _BANDS,
-    sensor: str | None = _SENSOR,
-    nodata: float | None = _NODATA,
-    chunk_size: int = _CHUNK,
-    scheduler: str | None = _SCHED,
-    workers: int | None = _WORKERS,
-    co: list[str] | None = _CO,
-    config: list[str] | None = _CONFIG,
-    cog: bool = _COG,
-    overwrite: bool = _OVERWRITE,
-    dry_run: bool = _DRY,
+    device: str = opt.DEVICE,
+    bands: str | None = opt.BAND_NAMES,
+    sensor: str | None = opt.SENSOR,
+    nodata: float | None = opt.NODATA,
+    chunk_size: int = opt.CHUNK,
+    scheduler: str | None = opt.SCHEDULER,
+    workers: int | None = opt.WORKERS,
+    timeout: float = opt.TIMEOUT,
+    co: list[str] | None = opt.CO,
+    config: list[str] | None = opt.CONFIG,
+    cog: bool = opt.COG,
+    overwrite: bool = opt.OVERWRITE,
+    dry_run: bool = opt.DRY_RUN,
 ) -> None:
     """Denoise IMAGE chunk-wise with scene statistics: equal to whole-scene denoising."""
-    from ndgeo import denoise as lib
+    from ndgeo.io.raster import open_raster
+    from ndgeo.processors.denoise import denoise_processor
 
     info = open_raster(image, bands=parse_list(bands), sensor=sensor, nodata=nodata)
-    if not dry_run:
-        check_output(out, overwrite=overwrite)
-    processor, positions, chunk = lib.denoise_processor(
+    processor, positions, chunk = denoise_processor(
         denoiser, info, out_dtype=dtype, device=device, chunk_size=chunk_size,
-        compute_stats=not dry_run, scheduler=scheduler, workers=workers,
-        gdal_env=parse_key_values(config, "--config") or None,
     )
-    _run(ctx, processor, info, positions, out, chunk_size=chunk, scheduler=scheduler,
-         workers=workers, co=co, config=config, cog=cog, overwrite=overwrite, dry_run=dry_run,
-         what="denoise")
+    execution = opt.execution(chunk, scheduler, workers, config, timeout)
+    run_command(ctx, processor, info, positions, out, execution, co=co, cog=cog,
+                overwrite=overwrite, dry_run=dry_run, what="denoise")
 
 
 @denoise_app.command("evaluate")
@@ -142,20 +108,21 @@ def denoise_evaluate(
     sigmas: str = typer.Option("0.5x,1x,2x,5x", "--sigmas", help="Test noise levels, comma-separated: Sx = S x the training sigma, S% of the denoiser's data range, or data units."),
     draws: int = typer.Option(3, "--draws", help="Noise draws per level (PSNR averaged)."),
     seed: int = typer.Option(0, "--seed", help="Noise seed."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    device: str = _DEVICE,
-    bands: str | None = _BANDS,
-    sensor: str | None = _SENSOR,
-    nodata: float | None = _NODATA,
+    as_json: bool = opt.JSON,
+    device: str = opt.DEVICE,
+    bands: str | None = opt.BAND_NAMES,
+    sensor: str | None = opt.SENSOR,
+    nodata: float | None = opt.NODATA,
 ) -> None:
     """Noise-mismatch diagnostic: PSNR before and after denoising at several noise levels."""
-    from ndgeo import denoise as lib
+    from ndgeo.io.raster import open_raster
+    from ndgeo.training.denoiser import evaluate_denoiser
 
     info = open_raster(image, bands=parse_list(bands), sensor=sensor, nodata=nodata)
     levels = parse_list(sigmas)
     if not levels:
         raise NdgeoError(f"--sigmas needs at least one level, got {sigmas!r}")
-    result = lib.evaluate_denoiser(denoiser, info, levels, draws=draws, seed=seed, device=device)
+    result = evaluate_denoiser(denoiser, info, levels, draws=draws, seed=seed, device=device)
     if as_json:
         print_json(result)
         return

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from ndgeo.cli._app import app, console, err_console, is_quiet
-from ndgeo.cli._common import parse_list, print_json
-from ndgeo.cli.apply import _DEVICE, _NODATA, _OFFSET, _SCALE, _SENSOR
+from ndgeo.cli import options as opt
+from ndgeo.cli.app import app, console, err_console, is_quiet
+from ndgeo.cli.options import parse_list
+from ndgeo.cli.present import (
+    epoch_progress,
+    print_comparison,
+    print_formulas,
+    print_json,
+    print_metrics,
+    print_noise_table,
+)
 from ndgeo.config import TrainConfig
 from ndgeo.errors import NdgeoError
-from ndgeo.writer import check_output
-
-_PRECISION = typer.Option(3, "--precision", help="Decimal places of printed coefficients.")
-_BAND_NAMES = typer.Option(None, "--band-names", help="Name every image band (comma-separated), overriding its descriptions.")
-_THRESHOLD = typer.Option(0.05, "--threshold", help="Drop terms below this fraction of an index's largest weight (the dropped share is reported).")
 
 
 def _scenes(image: Path | None, labels: Path | None, scene: list[str] | None,
@@ -34,61 +34,12 @@ def _scenes(image: Path | None, labels: Path | None, scene: list[str] | None,
             raise NdgeoError(f"--scene expects IMAGE,LABELS, got {item!r}")
         pairs.append((Path(img), Path(lab)))
     if manifest is not None:
-        from ndgeo.labels import read_manifest
+        from ndgeo.io.labels import read_manifest
 
         pairs += read_manifest(manifest)
     if not pairs:
         raise NdgeoError("nothing to train on: give IMAGE LABELS, --scene IMAGE,LABELS or --manifest")
     return pairs
-
-
-def _epoch_progress(quiet: bool, total: int):
-    if quiet:
-        return None, None
-    bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=err_console)
-    task = bar.add_task("train", total=total, status="")
-
-    def update(epoch: int, total_epochs: int, row: dict) -> None:
-        bar.update(task, completed=epoch, total=total_epochs,
-                   status=f"loss {row['train_loss']:.3f}  val acc {row['val_acc']:.3f}")
-
-    return bar, update
-
-
-def print_metrics(metrics: dict, classes: list[str], title: str) -> None:
-    """Accuracy, kappa, macro-F1 and the confusion matrix with per-class F1."""
-    console.print(
-        f"[bold]{title}[/]: overall accuracy {metrics['overall_accuracy']:.4f}, "
-        f"kappa {metrics['kappa']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
-        f"({metrics['n_pixels']} pixels)"
-    )
-    table = Table("true \\ predicted", *classes, "F1", title="confusion matrix", title_justify="left")
-    for name, row, stats in zip(classes, metrics["confusion_matrix"], metrics["per_class"],
-                                strict=True):
-        f1 = "-" if stats["f1"] is None else f"{stats['f1']:.3f}"
-        table.add_row(name, *[str(v) for v in row], f1)
-    console.print(table)
-
-
-def print_formulas(model, meta: dict, *, threshold: float = 0.05, precision: int = 3) -> None:
-    """The learned indices with their nearest catalogue index, and what each class uses."""
-    from ndgeo import formula as fm
-
-    if meta["config"].get("kind") != "nd":
-        return
-    console.print("[bold]learned indices[/]")
-    for f in fm.model_formulas(model, meta, threshold=threshold, precision=precision):
-        console.print(fm.to_text(f, fm.nearest_catalogue(f)), highlight=False, markup=False)
-    importance = meta.get("metrics", {}).get("index_importance")
-    if importance and meta["config"].get("n_indices"):
-        names = [c["name"] for c in meta["classes"]]
-        console.print("[bold]what each class relies on[/] (share of |d logit / d index| x std):")
-        for name, row in zip(names, importance, strict=False):
-            total = sum(row) or 1.0
-            top = sorted(enumerate(row), key=lambda kv: -kv[1])[:3]
-            parts = ", ".join(f"ND{k + 1} {100 * v / total:.0f}%" for k, v in top)
-            console.print(f"  {name}: {parts}", highlight=False)
 
 
 @app.command()
@@ -101,11 +52,11 @@ def train(
     manifest: Path | None = typer.Option(None, "--manifest", help="CSV (image,labels per line) or TOML ([[scene]] image=, labels=) listing scenes."),
     label_field: str = typer.Option("class", "--label-field", help="Attribute holding the class of vector labels (string or integer)."),
     bands: str | None = typer.Option(None, "--bands", help="Bands to train on (names, ASI letters or 1-based indexes, comma-separated); default all."),
-    band_names: str | None = _BAND_NAMES,
-    sensor: str | None = _SENSOR,
-    nodata: float | None = _NODATA,
-    scale: float | None = _SCALE,
-    offset: float | None = _OFFSET,
+    band_names: str | None = opt.BAND_NAMES,
+    sensor: str | None = opt.SENSOR,
+    nodata: float | None = opt.NODATA,
+    scale: float | None = opt.SCALE,
+    offset: float | None = opt.OFFSET,
     negative: str = typer.Option("clip", "--negative", help="Negative reflectance: clip (to 0) or exclude the pixel."),
     model: str = typer.Option("nd", "--model", help="nd (ND-layer classifier) or mlp (baseline)."),
     indices: int = typer.Option(8, "--indices", help="Learned indices in the first ND layer."),
@@ -121,80 +72,58 @@ def train(
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of pixels held out for validation."),
     max_pixels: int | None = typer.Option(None, "--max-pixels", help="Sample at most this many labeled pixels (drawn while reading)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the split, initialisation and batches."),
-    device: str = _DEVICE,
+    device: str = opt.DEVICE,
     report: Path | None = typer.Option(None, "--report", help="PNG with coefficient heatmap, confusion matrix and learning curves (default: next to the model)."),
     no_report: bool = typer.Option(False, "--no-report", help="Do not draw the PNG report."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the model file if it exists."),
-    precision: int = _PRECISION,
-    threshold: float = _THRESHOLD,
+    precision: int = opt.PRECISION,
+    threshold: float = opt.THRESHOLD,
 ) -> None:
     """Train an ND classifier on labeled scenes and print its learned index formulas."""
-    from ndgeo.checkpoint import save_model
-    from ndgeo.labels import load_many
-    from ndgeo.train import compare_models, train_model
+    from ndgeo.training.classifier import train as train_job
 
     quiet = is_quiet(ctx)
-    out_path = Path(check_output(out, overwrite=overwrite))
-    report_path = None if no_report else Path(report or out_path.with_suffix(".png"))
-    if report_path is not None:
-        check_output(report_path, overwrite=True)
     config = TrainConfig(model=model, n_indices=indices, depth=depth, pairwise=pairwise,
                          head_norm=head_norm,
                          epochs=epochs, patience=patience, batch_size=batch_size, split=split,
                          block_size=block_size, val_fraction=val_fraction, device=device,
                          seed=seed)
-    pixels = load_many(
-        _scenes(image, labels, scene, manifest), label_field=label_field,
-        bands=parse_list(bands), band_names=parse_list(band_names), sensor=sensor,
-        nodata=nodata, negative=negative, max_pixels=max_pixels, seed=seed, scale=scale,
-        offset=offset,
-    )
+    report_path = None if no_report else (report or out.with_suffix(".png"))
     log = (lambda msg: None) if quiet else (lambda msg: err_console.print(f"[dim]{msg}[/]"))
-    summary = pixels.summary()
-    log(f"{summary}")
-    for name in pixels.small_classes():
-        err_console.print(f"[yellow]warning:[/] class {name!r} has few labeled pixels")
-    bar, progress = _epoch_progress(quiet, epochs)
-    with bar or nullcontext():
-        if compare:
-            results = compare_models(pixels, config, progress=progress, log=log)
-        else:
-            results = [train_model(pixels, config, progress=progress, log=log)]
-    result = results[0]
-    meta = result.metadata()
-    save_model(out_path, result.model, meta)
-    if report_path is not None:
-        from ndgeo.report import training_report
-
-        training_report(result, report_path)
+    with epoch_progress(quiet, epochs) as progress:
+        run = train_job(
+            _scenes(image, labels, scene, manifest), out, config, compare=compare,
+            report_path=report_path, overwrite=overwrite, progress=progress, log=log,
+            label_field=label_field, bands=parse_list(bands), band_names=parse_list(band_names),
+            sensor=sensor, nodata=nodata, negative=negative, max_pixels=max_pixels,
+            scale=scale, offset=offset,
+        )
+    for note in run.pixels.warnings:
+        err_console.print(f"[yellow]warning:[/] {note}", highlight=False)
     if quiet:
         return
+    result = run.results[0]
     print_metrics(result.metrics, result.classes, f"validation ({result.config.split} split)")
     if compare:
-        table = Table("model", "accuracy", "macro-F1", "kappa", "parameters", "train s",
-                      title="same split", title_justify="left")
-        for r in results:
-            m = r.metrics
-            table.add_row(r.config.model, f"{m['overall_accuracy']:.4f}", f"{m['macro_f1']:.4f}",
-                          f"{m['kappa']:.4f}", str(r.n_parameters), f"{r.train_seconds:.1f}")
-        console.print(table)
-    print_formulas(result.model, meta, threshold=threshold, precision=precision)
-    console.print(f"wrote [bold]{out_path}[/]" + (f" and {report_path}" if report_path else ""))
+        print_comparison(run.results)
+    print_formulas(result.model, result.metadata(), threshold=threshold, precision=precision)
+    console.print(f"wrote [bold]{run.model_path}[/]"
+                  + (f" and {run.report_path}" if run.report_path else ""))
 
 
 @app.command()
 def formula(
     model: Path = typer.Argument(..., help="Model file written by `ndgeo train`."),
     fmt: str = typer.Option("text", "--format", "-f", help="text, latex, asi (Awesome Spectral Indices JSON), numexpr (numexpr / gdal_calc) or json."),
-    precision: int = _PRECISION,
-    threshold: float = _THRESHOLD,
+    precision: int = opt.PRECISION,
+    threshold: float = opt.THRESHOLD,
     domain: str = typer.Option("vegetation", "--domain", help="application_domain of --format asi entries."),
 ) -> None:
     """Print a model's learned first-layer indices as formulas over band names."""
     from ndgeo import formula as fm
     from ndgeo.checkpoint import load_model
 
-    net, meta = load_model(model)
+    net, meta = load_model(model)  # any model file; only ND models have indices to print
     formulas = fm.model_formulas(net, meta, threshold=threshold, precision=precision)
     if fmt == "text":
         print_formulas(net, meta, threshold=threshold, precision=precision)
@@ -209,25 +138,23 @@ def evaluate(
     image: Path = typer.Argument(..., help="Multispectral GeoTIFF."),
     labels: Path = typer.Argument(..., help="Labels (class raster or vector file) with the model's class names."),
     label_field: str = typer.Option("class", "--label-field", help="Attribute holding the class of vector labels."),
-    band_names: str | None = _BAND_NAMES,
-    sensor: str | None = _SENSOR,
-    nodata: float | None = _NODATA,
-    scale: float | None = _SCALE,
-    offset: float | None = _OFFSET,
+    band_names: str | None = opt.BAND_NAMES,
+    sensor: str | None = opt.SENSOR,
+    nodata: float | None = opt.NODATA,
+    scale: float | None = opt.SCALE,
+    offset: float | None = opt.OFFSET,
     noise_levels: str | None = typer.Option(None, "--noise-levels", help="Multiplicative noise levels, e.g. 0,0.02,0.05,0.1: x*(1+s*N(0,1))."),
     noise_mode: str = typer.Option("band", "--noise-mode", help="band (per band and pixel) or global (one factor per pixel)."),
     draws: int = typer.Option(10, "--draws", help="Noise draws averaged per level."),
     seed: int = typer.Option(0, "--seed", help="Seed of the noise draws."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    as_json: bool = opt.JSON,
 ) -> None:
     """Accuracy, kappa, per-class F1 and confusion matrix on a labeled scene (optionally under noise)."""
-    from ndgeo.apply import require_classifier
-    from ndgeo.checkpoint import load_model
-    from ndgeo.labels import load_many
-    from ndgeo.metrics import evaluate_model, noise_robustness
+    from ndgeo.checkpoint import load_classifier
+    from ndgeo.io.labels import load_many
+    from ndgeo.training.metrics import evaluate_model, noise_robustness
 
-    net, meta = load_model(model)
-    require_classifier(meta, model)
+    net, meta = load_classifier(model)
     classes = [c["name"] for c in meta["classes"]]
     pixels = load_many([(image, labels)], label_field=label_field,
                        bands=[b["name"] for b in meta["bands"]],
@@ -246,11 +173,4 @@ def evaluate(
         return
     print_metrics(result, classes, f"{image.name}")
     if noise_levels:
-        table = Table("noise", "accuracy", "drop (points)", title=f"{noise_mode} noise",
-                      title_justify="left")
-        for row in result["noise"]:
-            table.add_row(*[f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k])
-                            for k in list(row)[:3]])
-        console.print(table)
-
-
+        print_noise_table(result["noise"], noise_mode)

@@ -244,3 +244,22 @@ def measure_receptive_field(
     if radius >= min(centre, size - centre - period):
         raise ValueError(f"receptive field reaches the border at size={size}; use a larger size")
     return radius
+
+
+def run_denoiser(
+    model: nn.Module,
+    u: torch.Tensor,
+    mask: torch.Tensor,
+    stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Denoise ``u`` (N, C, H, W, normalized units) with ``mask`` (N, 1, H, W) True = valid.
+
+    WNE models normalize with ``stats`` (mean, std) when given, else with the instance's own
+    masked statistics. Other models (unwrapped, NE-arch) see invalid pixels filled with the same
+    mean. Invalid pixels keep their input values.
+    """
+    if isinstance(model, WNE):
+        return model(u, mask, stats=stats)
+    mean = stats[0] if stats is not None else wne_stats(u, mask)[0]
+    filled = torch.where(mask, u, mean.to(device=u.device, dtype=u.dtype))
+    return torch.where(mask, model(filled), u)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import click
@@ -22,8 +23,30 @@ err_console = Console(stderr=True, soft_wrap=True)
 USER_ERRORS = (NdgeoError, FileNotFoundError, PermissionError, rasterio.errors.RasterioError)
 
 
+#: Global flags, accepted before or after the subcommand (``ndgeo apply -q ...``).
+GLOBAL_FLAGS = ("-q", "--quiet", "-v", "-vv", "--verbose", "--debug")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, ``docker stop``, batch schedulers): unwinds like Ctrl-C, so every
+    temporary output is removed, then exits 143."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 class _Group(TyperGroup):
     """Turns user errors into one red line and exit code 2 (a traceback only with --debug)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Move global flags given after the subcommand to the front."""
+        if ctx.parent is None:
+            end = args.index("--") if "--" in args else len(args)
+            flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
+            rest = [a for a in args[:end] if a not in GLOBAL_FLAGS]
+            args = flags + rest + args[end:]
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context):  # noqa: D102
         try:
@@ -37,9 +60,11 @@ class _Group(TyperGroup):
                 exc = exc.__cause__
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
             ctx.exit(2)
-        except KeyboardInterrupt:
-            err_console.print("[bold red]interrupted[/]")
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
+            err_console.print(f"[bold red]{'terminated' if terminated else 'interrupted'}[/]: "
+                              "no output was written")
+            ctx.exit(143 if terminated else 130)
 
 
 app = typer.Typer(
@@ -81,7 +106,8 @@ def is_quiet(ctx: typer.Context) -> bool:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (SIGTERM is handled like Ctrl-C)."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
     app(prog_name="ndgeo")
 
 

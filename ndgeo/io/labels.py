@@ -21,10 +21,10 @@ order, counted in ``TrainingPixels.excluded``):
 from __future__ import annotations
 
 import csv
-import json
+import math
 import tomllib
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,13 +35,23 @@ import rasterio.warp
 import rasterio.windows
 import shapely
 from rasterio.crs import CRS
-from rasterio.enums import MaskFlags, Resampling
+from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from ndgeo.bands import Band, resolve_bands, select_bands
 from ndgeo.errors import NdgeoError
-from ndgeo.raster import override_scaling, physical_scaling
+from ndgeo.io.raster import (
+    RasterInfo,
+    is_remote,
+    open_dataset,
+    open_raster,
+    physical_scaling,
+    read_block,
+    to_physical,
+)
+from ndgeo.io.tiles import plan_windows, tile_window, tiles_touched
+from ndgeo.io.writer import read_classes
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2"}
 EXCLUSION_REASONS = ("nodata", "nonfinite", "negative", "zero")
@@ -88,6 +98,21 @@ class TrainingPixels:
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def describe(self) -> str:
+        """One readable line: pixels, bands by name, classes, what was excluded."""
+        classes = ", ".join(f"{k} {n}" for k, n in self.class_counts.items())
+        dropped = ", ".join(f"{k} {n}" for k, n in self.excluded.items() if n)
+        text = (f"{len(self)} labelled pixels from {', '.join(self.scene_ids)}; "
+                f"{len(self.bands)} bands {', '.join(b.name for b in self.bands)}; "
+                f"classes: {classes}")
+        if dropped:
+            text += f"; excluded: {dropped}"
+        if self.clipped:
+            text += f"; {self.clipped} with negative values clipped to 0"
+        if self.subsampled_from:
+            text += f"; sampled from {self.subsampled_from}"
+        return text
 
     def summary(self) -> dict:
         """JSON-able description (for logs, checkpoints and ``--dry-run``)."""
@@ -289,21 +314,15 @@ def _read_scene(
     nodata, negative: str, max_pixels: int | None, rng: np.random.Generator,
     scale: float | None = None, offset: float | None = None,
 ) -> _Scene:
-    if not image_path.exists():
-        raise NdgeoError(f"image not found: {image_path}")
-    if not labels_path.exists():
+    info = open_raster(image_path, bands=band_names, sensor=sensor, nodata=nodata, scale=scale,
+                       offset=offset, what="image")
+    if not labels_path.exists() and not is_remote(str(labels_path)):
         raise NdgeoError(f"labels not found: {labels_path}")
-    try:
-        src = rasterio.open(image_path)
-    except rasterio.errors.RasterioIOError as exc:
-        raise NdgeoError(f"cannot read image {image_path}: {exc}") from exc
-    with src:
-        all_bands = resolve_bands(src.descriptions, bands=band_names, sensor=sensor)
-        positions = select_bands(bands, all_bands) if bands else list(range(src.count))
-        chosen = [all_bands[i] for i in positions]
-        acc = _Accumulator(max_pixels, rng)
-        scaling = override_scaling(src.scales, src.offsets, scale, offset)
-        reader = _PixelReader(src, [p + 1 for p in positions], nodata, negative, **scaling)
+    positions = select_bands(bands, info.bands) if bands else list(range(info.count))
+    chosen = [info.bands[i] for i in positions]
+    acc = _Accumulator(max_pixels, rng)
+    with open_dataset(info.path) as src:
+        reader = _PixelReader(src, info, positions, negative)
         if labels_path.suffix.lower() in RASTER_SUFFIXES:
             tiles, value_names, notes = _raster_label_tiles(src, labels_path)
             keys = None
@@ -317,8 +336,8 @@ def _read_scene(
             r0, c0 = rows.min(), cols.min()
             sub = Window(window.col_off + c0, window.row_off + r0,
                          cols.max() - c0 + 1, rows.max() - r0 + 1)
-            values, invalid = reader.read(sub)
-            X, ok = reader.clean(values[:, rows - r0, cols - c0].T, invalid[rows - r0, cols - c0])
+            values, valid = reader.read(sub)
+            X, ok = reader.clean(values[:, rows - r0, cols - c0].T, valid[rows - r0, cols - c0])
             acc.add(X[ok], lab[rows, cols][ok], rows[ok] + window.row_off,
                     cols[ok] + window.col_off)
     return _Scene(
@@ -329,16 +348,14 @@ def _read_scene(
 
 
 class _PixelReader:
-    """Reads image windows and applies the pixel policy, counting what it drops."""
+    """Reads image windows through :mod:`ndgeo.io.raster` (validity, physical units) and
+    applies the training pixel policy, counting what it drops."""
 
-    def __init__(self, src, indexes: list[int], nodata: float | None, negative: str, *,
-                 scales: Sequence[float], offsets: Sequence[float]):
+    def __init__(self, src, info: RasterInfo, positions: list[int], negative: str):
         self.src = src
-        self.indexes = indexes
-        self.nodata = src.nodata if nodata is None else nodata
-        flags = [src.mask_flag_enums[i - 1] for i in indexes]
-        self.use_mask = any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags)
-        self.scaling = physical_scaling(scales, offsets, [i - 1 for i in indexes])
+        self.info = info
+        self.positions = positions
+        self.scaling = physical_scaling(info.scales, info.offsets, positions)
         self.negative = negative
         self.excluded = dict.fromkeys(EXCLUSION_REASONS, 0)
         self.clipped = 0
@@ -346,27 +363,21 @@ class _PixelReader:
         self.labelled = 0
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        """(values (C, h, w) float32, invalid (h, w)) of one image window."""
+        """(values (C, h, w) float32 in physical units, valid (h, w)) of one image window."""
         self.pixels_read += int(window.width * window.height)
-        data = self.src.read(self.indexes, window=window, out_dtype="float32")
-        invalid = np.zeros(data.shape[1:], dtype=bool)
-        if self.nodata is not None and not np.isnan(self.nodata):
-            invalid |= np.any(data == np.float32(self.nodata), axis=0)
-        if self.use_mask:
-            invalid |= self.src.read_masks(self.indexes[0], window=window) == 0
-        if self.scaling is not None:  # nodata above is in raw units; models see physical ones
-            scale, offset = (np.asarray(v, dtype=np.float32)[:, None, None] for v in self.scaling)
-            data = data * scale + offset
-        return data, invalid
+        raw, valid = read_block(self.src, self.info, self.positions, window)
+        return to_physical(raw, self.scaling), valid
 
-    def clean(self, X: np.ndarray, invalid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(pixels, keep) for labelled pixels X (n, C) and their nodata flags."""
+    def clean(self, X: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(pixels, keep) for labelled pixels X (n, C) and their validity."""
         self.labelled += len(X)
-        self.excluded["nodata"] += int(invalid.sum())
-        ok = ~invalid
-        nonfinite = ok & ~np.all(np.isfinite(X), axis=1)
+        ok = valid.copy()
+        # Invalid pixels are counted as non-finite when a band is NaN/inf (and NaN is not the
+        # declared nodata), else as nodata (value or GDAL mask).
+        nan_nodata = self.info.nodata is not None and math.isnan(self.info.nodata)
+        nonfinite = ~ok & ~np.all(np.isfinite(X), axis=1) & (not nan_nodata)
         self.excluded["nonfinite"] += int(nonfinite.sum())
-        ok &= ~nonfinite
+        self.excluded["nodata"] += int((~ok & ~nonfinite).sum())
         neg = ok & np.any(X < 0, axis=1)
         if self.negative == "clip":
             self.clipped += int(neg.sum())
@@ -374,7 +385,7 @@ class _PixelReader:
         else:
             self.excluded["negative"] += int(neg.sum())
             ok &= ~neg
-        zero = ok & np.all(X == 0, axis=1)
+        zero = ok & ~np.any(X > 0, axis=1)  # the all-zero rule of ndgeo.io.raster.any_positive
         self.excluded["zero"] += int(zero.sum())
         return X, ok & ~zero
 
@@ -418,22 +429,13 @@ def _keep_smallest(parts: tuple[np.ndarray, ...], cap: int) -> tuple[np.ndarray,
     return tuple(p[keep] for p in parts)
 
 
-def _tiles(height: int, width: int) -> Iterator[Window]:
-    for row in range(0, height, TILE):
-        for col in range(0, width, TILE):
-            yield Window(col, row, min(TILE, width - col), min(TILE, height - row))
-
-
 # -- raster labels ---------------------------------------------------------------------------
 
 
 def _raster_label_tiles(src, labels_path: Path):
     """(window, codes) per image tile from a class raster, warped onto the image grid if needed,
     and the class names of its values from a ``CLASSES`` tag (JSON ``{"1": "crop", ...}``)."""
-    try:
-        lab = rasterio.open(labels_path)
-    except rasterio.errors.RasterioIOError as exc:
-        raise NdgeoError(f"cannot read label raster {labels_path}: {exc}") from exc
+    lab = open_dataset(labels_path, what="label raster")
     notes: list[str] = []
     same_grid = (lab.transform == src.transform and lab.shape == src.shape)
     if src.crs is None or lab.crs is None:
@@ -459,14 +461,16 @@ def _raster_label_tiles(src, labels_path: Path):
     reader = vrt or lab
     if not np.issubdtype(np.dtype(lab.dtypes[0]), np.integer):
         notes.append(f"label raster {labels_path.name} is {lab.dtypes[0]}; values are truncated")
-    value_names = _tag_class_names(lab.tags().get("CLASSES"), labels_path, notes)
+    declared, unread = read_classes(lab)
+    notes += unread
+    value_names = {c.value: c.name for c in declared}
     # A NaN nodata needs no entry: non-finite label values become 0 (unlabelled) when read.
     unlabeled = {0} | ({int(lab.nodata)} if lab.nodata is not None and lab.nodata == lab.nodata
                        else set())
 
     def tiles():
         try:
-            for window in _tiles(src.height, src.width):
+            for window in plan_windows(src.shape, (TILE, TILE)):
                 values = reader.read(1, window=window)
                 codes = np.nan_to_num(values, nan=0, posinf=0, neginf=0).astype("int64")
                 codes[np.isin(codes, list(unlabeled)) | (codes < 0)] = 0
@@ -477,16 +481,6 @@ def _raster_label_tiles(src, labels_path: Path):
             lab.close()
 
     return tiles(), value_names, notes
-
-
-def _tag_class_names(tag: str | None, labels_path: Path, notes: list[str]) -> dict[int, str]:
-    if not tag:
-        return {}
-    try:
-        return {int(k): str(v) for k, v in json.loads(tag).items()}
-    except (ValueError, AttributeError):
-        notes.append(f"ignored unreadable CLASSES tag of {labels_path.name}: {tag[:60]!r}")
-        return {}
 
 
 # -- vector labels ---------------------------------------------------------------------------
@@ -545,16 +539,12 @@ def _vector_label_tiles(src, labels_path: Path, label_field: str):
     rmax = np.ceil(np.max([c[1] for c in corners], axis=0))
     tile_of: dict[tuple[int, int], list[int]] = {}
     for i in range(len(geoms)):
-        r0, r1 = max(rmin[i], 0) // TILE, min(rmax[i], src.height - 1) // TILE
-        c0, c1 = max(cmin[i], 0) // TILE, min(cmax[i], src.width - 1) // TILE
-        for tr in range(int(r0), int(r1) + 1):
-            for tc in range(int(c0), int(c1) + 1):
-                tile_of.setdefault((tr, tc), []).append(i)
+        for key in tiles_touched((rmin[i], rmax[i]), (cmin[i], cmax[i]), TILE, src.shape):
+            tile_of.setdefault(key, []).append(i)
 
     def tiles():
         for (tr, tc), members in sorted(tile_of.items()):
-            window = Window(tc * TILE, tr * TILE, min(TILE, src.width - tc * TILE),
-                            min(TILE, src.height - tr * TILE))
+            window = tile_window(tr, tc, TILE, src.shape)
             if window.width <= 0 or window.height <= 0:
                 continue
             burned = rasterio.features.rasterize(

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,9 +29,10 @@ from torch import nn
 from ndgeo.config import TrainConfig
 from ndgeo.device import resolve_device
 from ndgeo.errors import NdgeoError
-from ndgeo.labels import TrainingPixels
-from ndgeo.metrics import classification_report, predict_logits
+from ndgeo.io.labels import TrainingPixels
+from ndgeo.io.writer import check_output
 from ndgeo.nn import MLP, NDClassifier
+from ndgeo.training.metrics import classification_report, predict_logits
 
 #: Class colours (matplotlib tab10) used when labels carry none.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -115,6 +119,15 @@ class TrainResult:
     val_idx: np.ndarray
     best_epoch: int
     init_pairs: list[tuple[int, int]] = field(default_factory=list)
+
+    def describe_model(self) -> str:
+        """Short architecture name for tables, e.g. ``nd 8 indices`` or ``mlp 64-32``."""
+        c = self.config
+        if c.model == "mlp":
+            return "mlp " + "-".join(str(h) for h in c.mlp_hidden)
+        pairs = self.model.config().get("pairs")
+        text = f"nd {len(pairs) if pairs else c.n_indices} indices"
+        return text + (f", depth {c.depth}" if c.depth > 1 else "")
 
     def metadata(self) -> dict:
         """Checkpoint metadata (``ndgeo.checkpoint.save_model``): JSON-able."""
@@ -325,3 +338,51 @@ def _validate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss_fn) -> tu
         total += float(loss_fn(logits, yb)) * len(yb)
         correct += int((logits.argmax(1) == yb).sum())
     return total / max(len(y), 1), correct / max(len(y), 1)
+
+
+@dataclass
+class TrainRun:
+    """What :func:`train` did: the pixels it trained on and one result per model."""
+
+    pixels: TrainingPixels
+    results: list[TrainResult]
+    model_path: Path
+    report_path: Path | None
+
+
+def train(
+    scenes: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
+    out_path: str | os.PathLike,
+    config: TrainConfig | None = None,
+    *,
+    compare: bool = False,
+    report_path: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int, dict], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    **label_options: Any,
+) -> TrainRun:
+    """The whole ``ndgeo train`` job: labelled pixels of ``scenes`` (``(image, labels)``
+    pairs; ``label_options`` go to :func:`ndgeo.io.labels.load_many`), the model (and with
+    ``compare`` the MLP baseline on the same split), the model file at ``out_path`` and a PNG
+    report at ``report_path`` (None: none). The CLI, ``ndgeo demo`` and tests call this."""
+    from ndgeo.checkpoint import save_model
+    from ndgeo.io.labels import load_many
+
+    config = config or TrainConfig()
+    say = log or (lambda _msg: None)
+    out_path = Path(check_output(out_path, overwrite=overwrite))
+    if report_path is not None:
+        report_path = Path(check_output(report_path, overwrite=overwrite))
+    pixels = load_many(list(scenes), seed=config.seed, **label_options)
+    say(pixels.describe())
+    if compare:
+        results = compare_models(pixels, config, progress=progress, log=log)
+    else:
+        results = [train_model(pixels, config, progress=progress, log=log)]
+    save_model(out_path, results[0].model, results[0].metadata(), overwrite=overwrite)
+    if report_path is not None:
+        from ndgeo.training.report import training_report  # matplotlib: only when drawing
+
+        training_report(results[0], report_path, overwrite=overwrite, baselines=results[1:])
+    return TrainRun(pixels, results, out_path, report_path)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -11,8 +13,10 @@ matplotlib.use("Agg")  # headless; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ndgeo.train import TrainResult  # noqa: E402
-from ndgeo.writer import atomic_path  # noqa: E402
+from ndgeo.io.writer import atomic_path  # noqa: E402
+
+if TYPE_CHECKING:  # the report draws results; the trainer imports the report, not back
+    from ndgeo.training.classifier import TrainResult
 
 
 def coefficient_matrix(result: TrainResult) -> tuple[np.ndarray, list[str], list[str]] | None:
@@ -27,24 +31,30 @@ def coefficient_matrix(result: TrainResult) -> tuple[np.ndarray, list[str], list
     return matrix, [r["name"] for r in rows], names
 
 
-def training_report(result: TrainResult, path_png: str | Path) -> Path:
-    """Write the figure to ``path_png`` (temp file beside it, then rename) and return the path."""
+def training_report(
+    result: TrainResult, path_png: str | Path, *, overwrite: bool = True,
+    baselines: Sequence[TrainResult] = (),
+) -> Path:
+    """Write the figure to ``path_png`` (atomically) and return the path; ``baselines``
+    (``--compare``) are named in the title with their accuracy and parameters."""
     path = Path(path_png)
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), constrained_layout=True)
     try:
         _coefficients(axes[0], result)
         _confusion(axes[1], result)
         _curves(axes[2], result)
-        acc = result.metrics.get("overall_accuracy")
-        fig.suptitle(
-            f"{result.config.model.upper()} model, {result.n_parameters} parameters, "
-            f"validation accuracy {acc:.3f}" if acc is not None else result.config.model
-        )
-        with atomic_path(path) as tmp:
+        fig.suptitle("; ".join(_headline(r) for r in (result, *baselines)))
+        with atomic_path(path, overwrite=overwrite) as tmp:
             fig.savefig(tmp, dpi=110, format="png")
     finally:
         plt.close(fig)
     return path
+
+
+def _headline(result: TrainResult) -> str:
+    acc = result.metrics.get("overall_accuracy")
+    text = f"{result.config.model.upper()} model, {result.n_parameters} parameters"
+    return text + (f", validation accuracy {acc:.3f}" if acc is not None else "")
 
 
 def _coefficients(ax, result: TrainResult) -> None:

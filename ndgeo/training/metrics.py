@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ndgeo.device import run_batched
 from ndgeo.errors import NdgeoError
+from ndgeo.nn.inference import run_batched
 
 #: Noise levels of the robustness protocol (notes section 8).
 NOISE_LEVELS = (0.0, 0.01, 0.02, 0.05, 0.10, 0.20)

@@ -1,10 +1,17 @@
-"""Opening input rasters: validated facts about a GeoTIFF, band names and the one validity rule.
+"""Opening input rasters: validated facts about a raster, band names and the pixel policy.
 
-:func:`open_raster` is the single entry point for input images. It opens the file, reads its
-first and last blocks (so a truncated or corrupt GeoTIFF fails here, with the file name, rather
-than halfway through a long run), checks the dtype and the nodata value, and names the bands
-through :func:`ndgeo.bands.resolve_bands`. :func:`valid_mask` is the one definition of a valid
-pixel used by every command.
+:func:`open_raster` is the single entry point for input images. It opens the dataset (any GDAL
+dataset name: a path, ``/vsicurl/...``, ``/vsizip/...``, an URL), reads its first and last
+blocks (so a truncated or corrupt file fails here, with its name, rather than halfway through a
+long run), checks the dtype and the nodata value, and names the bands through
+:func:`ndgeo.bands.resolve_bands`. Every reader of pixels goes through this module:
+
+- :func:`valid_mask` (+ the GDAL mask, :func:`read_block`) is the one definition of a valid
+  pixel: finite, no selected band at nodata, not masked by the file's GDAL mask or alpha band;
+- :func:`to_physical` applies the GDAL scale/offset (after the nodata test);
+- :func:`any_positive` is the all-zero rule: a pixel with no band above 0 in physical units is
+  nodata to ND models (an index is undefined there; usually undeclared nodata); negative
+  reflectance is clipped to 0 before models see it (``ndgeo.io.labels`` documents the order).
 """
 
 from __future__ import annotations
@@ -70,20 +77,22 @@ def open_raster(
     nodata: float | None = None,
     scale: float | None = None,
     offset: float | None = None,
+    what: str = "input raster",
 ) -> RasterInfo:
-    """Open and validate an input raster.
+    """Open and validate an input raster (``what`` names it in error messages).
 
     ``bands`` renames the bands (one name per band), ``sensor`` resolves sensor band ids, and
     ``nodata`` overrides the file's nodata value (it must fit the pixel type). ``scale`` and
     ``offset`` (physical = raw x scale + offset) override the GDAL metadata of every band.
     """
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.exists(path):
-        raise NdgeoError(f"input raster not found: {path}")
-    if os.path.isdir(path):
-        raise NdgeoError(f"input raster is a directory: {path}")
+    path = dataset_name(path)
+    if not is_remote(path):
+        if not os.path.exists(path):
+            raise NdgeoError(f"{what} not found: {path}")
+        if os.path.isdir(path):
+            raise NdgeoError(f"{what} is a directory: {path}")
     try:
-        with rasterio.open(path) as src:
+        with open_dataset(path, what=what) as src:
             dtypes = set(src.dtypes)
             if len(dtypes) != 1:
                 raise NdgeoError(f"{path}: bands have different pixel types {sorted(dtypes)}")
@@ -128,6 +137,30 @@ def open_raster(
         block_shape=(int(block_h), int(block_w)),
         **info,
     )
+
+
+#: Prefixes of GDAL dataset names that are not local files (checked by GDAL, not os.path).
+_REMOTE_PREFIXES = ("/vsi", "http://", "https://", "ftp://", "s3://", "gs://", "az://")
+
+
+def is_remote(name: str) -> bool:
+    """True for GDAL virtual file systems and URLs (``/vsicurl/...``, ``https://...``)."""
+    return str(name).startswith(_REMOTE_PREFIXES)
+
+
+def dataset_name(path: str | os.PathLike) -> str:
+    """The name GDAL gets: absolute for local files, untouched for remote ones."""
+    name = os.fspath(path)
+    return name if is_remote(name) else os.path.abspath(name)
+
+
+def open_dataset(path: str | os.PathLike, *, what: str = "raster") -> rasterio.DatasetReader:
+    """``rasterio.open`` for reading, with GDAL's own message in one NdgeoError line."""
+    name = dataset_name(path)
+    try:
+        return rasterio.open(name)
+    except RasterioError as exc:
+        raise NdgeoError(f"cannot read {what} {name} (corrupt or truncated?): {exc}") from exc
 
 
 def _check_readable(src: rasterio.DatasetReader) -> None:
@@ -226,6 +259,41 @@ def read_gdal_mask(path: str, window: Window, band: int = 1) -> np.ndarray:
         return src.read_masks(band, window=window) != 0
 
 
+def read_block(
+    src: rasterio.DatasetReader, info: RasterInfo, positions: Sequence[int],
+    window: Window | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw bands at 0-based ``positions`` of the open ``src`` (file type) and their valid
+    pixels (nodata, non-finite, GDAL mask)."""
+    raw = src.read([p + 1 for p in positions], window=window)
+    valid = valid_mask(raw, info.nodata)
+    if info.has_mask:
+        valid &= src.read_masks(positions[0] + 1, window=window) != 0
+    return raw, valid
+
+
+def to_physical(raw: np.ndarray, scaling: tuple | None) -> np.ndarray:
+    """float32 (C, ...) values in physical units (``raw x scale + offset`` per band)."""
+    values = raw.astype(np.float32, copy=scaling is None)
+    if scaling is None:
+        return values
+    scale, offset = (np.asarray(v, dtype=np.float32).reshape(-1, *([1] * (raw.ndim - 1)))
+                     for v in scaling)
+    return values * scale + offset
+
+
+def any_positive(block: np.ndarray, scaling: tuple | None) -> np.ndarray:
+    """Pixels of a raw ``block`` (C, ...) with a band above 0 in physical units: the all-zero
+    rule (pixels with none are nodata to every ND model, in training and in apply)."""
+    if scaling is None:
+        return (block > 0).any(axis=0)
+    positive = np.zeros(block.shape[1:], dtype=bool)
+    with np.errstate(invalid="ignore"):
+        for band, scale, offset in zip(block, *scaling, strict=True):
+            positive |= band > -offset / scale  # scale > 0 (physical_scaling checks it)
+    return positive
+
+
 def to_float(raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """float32 copy of a raw (bands, h, w) block with NaN where ``valid`` is False."""
     block = raw.astype(np.float32, copy=True)
@@ -240,8 +308,5 @@ def read_float_block(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bands at 0-based ``positions`` of the open ``src`` as float32 with NaN at invalid
     pixels (nodata, non-finite, GDAL mask), and the valid mask."""
-    raw = src.read([p + 1 for p in positions], window=window)
-    valid = valid_mask(raw, info.nodata)
-    if info.has_mask:
-        valid &= src.read_masks(positions[0] + 1, window=window) != 0
+    raw, valid = read_block(src, info, positions, window)
     return to_float(raw, valid), valid

@@ -1,14 +1,11 @@
-"""Processors that turn the engine's blocks into model outputs or index values.
+"""``ndgeo apply``: a trained pixel classifier's class ids, probabilities or learned indices.
 
-``ndgeo apply`` (a trained pixel model), ``ndgeo index`` (catalogue or exported formulas) and
-``ndgeo denoise apply`` all run on :func:`ndgeo.engine.run`; this module holds what they run.
-Processors are small picklable objects: model files are loaded once per process with
-:func:`ndgeo.engine.cached_load`, and tasks only ever return CPU numpy arrays.
+The processor is a small picklable object: the model file is loaded once per process with
+:func:`ndgeo.checkpoint.cached_load`, and tasks only ever return CPU numpy arrays.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,54 +14,20 @@ from functools import partial
 import numpy as np
 import torch
 
-from ndgeo.bands import select_bands
-from ndgeo.checkpoint import load_model
-from ndgeo.device import one_torch_thread, resolve_device, run_batched
-from ndgeo.engine import cached_load
+from ndgeo.checkpoint import cached_load, load_classifier, match_model_bands
+from ndgeo.device import one_torch_thread, resolve_device
+from ndgeo.engine import Processor
 from ndgeo.errors import NdgeoError
-from ndgeo.formula import (
-    catalogue_constants,
-    catalogue_expression,
-    evaluate,
-    expression_variables,
-    model_formulas,
-    to_plain,
-)
-from ndgeo.nn.inference import argmax_rows, band_major
-from ndgeo.raster import RasterInfo, physical_scaling
+from ndgeo.formula import model_formulas, to_plain
+from ndgeo.io.raster import RasterInfo, any_positive, physical_scaling
+from ndgeo.io.writer import ClassInfo, classes_tag
+from ndgeo.nn.inference import argmax_rows, band_major, run_batched
 
 OUTPUTS = ("class", "proba", "indices")
 
 
-def require_classifier(meta: dict, path: str | os.PathLike) -> str:
-    """The model kind (``nd`` or ``mlp``); any other model file is a user error."""
-    kind = meta.get("config", {}).get("kind")
-    if kind not in ("nd", "mlp"):
-        raise NdgeoError(
-            f"{path} is a {kind!r} model, not a pixel classifier; denoisers go to "
-            "`ndgeo denoise apply|evaluate` or `ndgeo apply --denoise`"
-        )
-    return kind
-
-
-def match_model_bands(meta: dict, image: RasterInfo) -> list[int]:
-    """Positions in ``image`` of the model's bands, matched by name (or ASI letter)."""
-    wanted = [b.get("letter") or b["name"] for b in meta.get("bands", [])]
-    names = [b["name"] for b in meta.get("bands", [])]
-    if not wanted:
-        raise NdgeoError("the model file lists no bands")
-    try:
-        return select_bands(names, image.bands)
-    except NdgeoError:
-        pass
-    try:
-        return select_bands(wanted, image.bands)
-    except NdgeoError as err:
-        raise NdgeoError(f"{err} (the model needs: {', '.join(names)})") from None
-
-
 @dataclass
-class ModelProcessor:
+class ModelProcessor(Processor):
     """Per-pixel model outputs: ``class`` ids, class ``proba`` and/or first-layer ``indices``.
 
     With one output the file keeps its natural type (uint8/uint16 classes with a colour table;
@@ -86,7 +49,7 @@ class ModelProcessor:
     out_nodata: float = field(init=False)
     descriptions: list[str] = field(init=False)
     tags: dict = field(init=False)
-    colormap: dict | None = field(init=False)
+    classes: list | None = field(init=False)
     clip_negative: bool = field(init=False, default=True)
     check_all_zero: bool = field(init=False, default=True)
     raw_input: bool = field(init=False, default=True)
@@ -123,17 +86,15 @@ class ModelProcessor:
                     f"ND{k + 1}" for k in range(n_indices)
                 ]
         self.descriptions = descriptions
-        class_map = {str(c["id"] + 1): c["name"] for c in classes}
+        infos = class_infos(self.meta)
+        self.class_values = np.array([c.value for c in infos], dtype=np.int64)
         self.tags = {"NDGEO_MODEL": os.path.basename(self.model_path),
-                     "NDGEO_OUTPUTS": ",".join(outputs),
-                     "CLASSES": json.dumps(class_map)}
-        self.colormap = None
+                     "NDGEO_OUTPUTS": ",".join(outputs), **classes_tag(infos)}
+        self.classes = None
         if outputs == ["class"]:
-            self.out_dtype = "uint8" if n_classes <= 254 else "uint16"
+            self.out_dtype = "uint8" if self.class_values.max() <= 255 else "uint16"
             self.out_nodata = 0
-            self.colormap = {0: (0, 0, 0, 0)}
-            for c in classes:
-                self.colormap[c["id"] + 1] = tuple(_rgb(c.get("color"))) + (255,)
+            self.classes = infos
         elif outputs == ["proba"] and self.quantize_proba:
             self.out_dtype, self.out_nodata = "uint8", 255
             self.tags.update(SCALE="0.004", OFFSET="0", NDGEO_PROBA="value * 1/250")
@@ -143,8 +104,28 @@ class ModelProcessor:
         # denoiser works on the whole float block (NaN where invalid) first.
         self.raw_input = self.denoiser is None
 
-    def prepare(self, image: RasterInfo) -> None:
-        """Note what the input type rules out (called once by the engine, before any task)."""
+    def _values(self, ids: np.ndarray) -> np.ndarray:
+        """Output class values of class indices (``+ 1`` when they are 1..n in order)."""
+        n = len(self.class_values)
+        if np.array_equal(self.class_values, np.arange(1, n + 1)):
+            return ids + 1
+        return self.class_values[ids]
+
+    def inputs(self) -> list[str]:
+        return [self.model_path, *(self.denoiser.inputs() if self.denoiser else [])]
+
+    def set_denoiser(self, stage: Processor) -> None:
+        """Run ``stage`` (:func:`ndgeo.processors.denoise.denoise_stage`) on every block before
+        the model, in the same pass; its halo becomes the run's."""
+        self.denoiser = stage
+        self.halo = stage.halo
+        self.raw_input = False
+
+    def prepare(self, image: RasterInfo, execution=None) -> None:
+        """Note what the input type rules out and prepare the denoise stage (called once by the
+        engine, before any task)."""
+        if self.denoiser is not None:
+            self.denoiser.prepare(image, execution)
         kind = np.dtype(image.dtype).kind
         exact = self.denoiser is None and self.scaling is None  # values reach the model as read
         # Unsigned pixels are never negative, so the clip at 0 is skipped.
@@ -168,7 +149,7 @@ class ModelProcessor:
         if self.check_all_zero:
             # Pixels with no band above 0 (physical units, after the clip) are nodata to
             # training (ndgeo.labels) too.
-            nonzero = _any_positive(block, self.scaling)
+            nonzero = any_positive(block, self.scaling)
             if not nonzero.all():
                 valid = extra_mask = valid & nonzero
         # Band-major (C, N) pixels: the whole block as a view when most pixels are valid (the
@@ -210,7 +191,8 @@ class ModelProcessor:
 
         outputs = self.outputs
         if outputs == ["class"]:
-            put(out[0], run(lambda b: argmax_rows(model(b))).astype(self.out_dtype) + 1)
+            ids = run(lambda b: argmax_rows(model(b)))
+            put(out[0], self._values(ids).astype(self.out_dtype, copy=False))
             return out
         # Logits from the model's own forward, as for class-only output (the indices output is
         # clamped to [-1, 1] and could move a tie by an ulp).
@@ -219,7 +201,8 @@ class ModelProcessor:
         band = 0
         for o in outputs:
             if o == "class":
-                put(out[band], argmax_rows(torch.from_numpy(logits)).numpy() + 1.0)
+                ids = argmax_rows(torch.from_numpy(logits)).numpy()
+                put(out[band], self._values(ids).astype(np.float32))
                 band += 1
             elif o == "proba":
                 proba = torch.softmax(torch.from_numpy(logits), dim=0).numpy()
@@ -234,19 +217,18 @@ class ModelProcessor:
         return out
 
 
-def _any_positive(block: np.ndarray, scaling: tuple | None) -> np.ndarray:
-    """Pixels of ``block`` (C, h, w) with a band above 0 in physical units."""
-    if scaling is None:
-        return (block > 0).any(axis=0)
-    positive = np.zeros(block.shape[1:], dtype=bool)
-    with np.errstate(invalid="ignore"):
-        for band, scale, offset in zip(block, *scaling, strict=True):
-            positive |= band > -offset / scale  # scale > 0 (physical_scaling checks it)
-    return positive
-
-
 def _load_band_major(path: str, device: torch.device):
-    return band_major(load_model(path)[0]).to(device)
+    return band_major(load_classifier(path)[0]).to(device)
+
+
+def class_infos(meta: dict) -> list[ClassInfo]:
+    """The classes of a classifier file with their output values (``value``; files without
+    one number their classes 1..n in order) and colours."""
+    out = []
+    for c in meta.get("classes", []):
+        value = int(c.get("value", c["id"] + 1))
+        out.append(ClassInfo(value, str(c["name"]), _rgb(c.get("color"))))
+    return out
 
 
 def _rgb(color) -> tuple[int, int, int]:
@@ -257,105 +239,6 @@ def _rgb(color) -> tuple[int, int, int]:
     return (128, 128, 128)
 
 
-@dataclass
-class IndexProcessor:
-    """Band-math formulas (catalogue indices or exported learned ones) as float32 bands."""
-
-    expressions: Sequence[tuple[str, str]]  # (name, formula)
-    variables: Sequence[str]  # formula variable of each input band, in engine band order
-    constants: dict = field(default_factory=dict)
-    halo: int = 0
-    out_dtype: str = "float32"
-    out_nodata: float = float("nan")
-    #: (scale, offset) per input band from the file's GDAL metadata or --scale/--offset.
-    scaling: tuple | None = None
-
-    def __post_init__(self) -> None:
-        self.out_count = len(self.expressions)
-        self.descriptions = [f"{name} = {text}" for name, text in self.expressions]
-        self.tags = {"NDGEO_INDICES": json.dumps(dict(self.expressions))}
-        if self.scaling is not None:
-            self.tags["NDGEO_INPUT_SCALING"] = json.dumps(
-                dict(zip(self.variables, zip(*self.scaling, strict=True), strict=True))
-            )
-
-    def __call__(self, block: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        if self.scaling is None:
-            arrays = {var: block[i] for i, var in enumerate(self.variables)}
-        else:
-            gains, shifts = self.scaling
-            arrays = {var: block[i] * gains[i] + shifts[i]
-                      for i, var in enumerate(self.variables)}
-        out = np.stack([evaluate(text, arrays, self.constants) for _, text in self.expressions])
-        out = out.astype(np.float32)
-        out[~np.isfinite(out)] = np.nan
-        return out
-
-
-def index_processor(
-    image: RasterInfo,
-    *,
-    names: Sequence[str] = (),
-    formulas: Sequence[str] = (),
-    formula_file: str | os.PathLike | None = None,
-) -> tuple[IndexProcessor, list[int]]:
-    """Build the processor and input band positions for ``ndgeo index``.
-
-    ``names`` are spyndex catalogue indices (with their default constants); ``formulas`` are
-    ``NAME=EXPR`` or bare expressions over band names or ASI letters; ``formula_file`` is a JSON
-    document in the Awesome Spectral Indices layout (as ``ndgeo formula --format asi`` writes).
-    """
-    exprs: list[tuple[str, str]] = []
-    constants: dict[str, float | None] = {}
-    for name in names:
-        text, _, consts = catalogue_expression(name)
-        exprs.append((name, text))
-        constants.update(consts)
-    for k, text in enumerate(formulas, start=1):
-        label, sep, body = text.partition("=")
-        if sep and label.strip().isidentifier() and body.strip():
-            exprs.append((label.strip(), body.strip()))
-        else:
-            exprs.append((f"F{k}", text.strip()))
-    if formula_file is not None:
-        exprs += _read_formula_file(formula_file)
-    if not exprs:
-        raise NdgeoError("give at least one --name, --formula or --formula-file")
-    known_constants = catalogue_constants()
-    variables: list[str] = []
-    for _, text in exprs:
-        for var in sorted(expression_variables(text)):
-            if var in known_constants and known_constants[var] is not None:
-                constants.setdefault(var, known_constants[var])
-            elif var not in variables:
-                variables.append(var)
-    positions = select_bands(variables, image.bands)
-    scaling = physical_scaling(image.scales, image.offsets, positions)
-    return IndexProcessor(exprs, variables, constants, scaling=scaling), positions
-
-
-def _read_formula_file(path: str | os.PathLike) -> list[tuple[str, str]]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        raise NdgeoError(f"formula file not found: {path}") from None
-    except (OSError, ValueError) as err:
-        raise NdgeoError(f"cannot read formula file {path}: {err}") from None
-    entries = doc.get("SpectralIndices") if isinstance(doc, dict) else None
-    if not isinstance(entries, dict) or not entries:
-        raise NdgeoError(
-            f"{path} is not an Awesome Spectral Indices document "
-            '({"SpectralIndices": {NAME: {"formula": ...}}})'
-        )
-    out = []
-    for key, entry in entries.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("formula"), str):
-            raise NdgeoError(f"{path}: entry {key!r} has no formula")
-        out.append((str(entry.get("short_name", key)), entry["formula"]))
-    return out
-
-
 def model_processor(
     model_path: str | os.PathLike,
     image: RasterInfo,
@@ -364,41 +247,22 @@ def model_processor(
     batch_size: int = 16384,
     device: str = "auto",
     quantize_proba: bool = False,
-    denoiser: str | os.PathLike | None = None,
-    chunk_size: int = 1024,
-    compute_stats: bool = True,
-    scheduler: object = None,
-    workers: int | None = None,
-    gdal_env: dict | None = None,
 ) -> tuple[ModelProcessor, list[int]]:
     """Build the processor and input band positions for ``ndgeo apply``.
 
     The model file is read once here (for its metadata and formulas); workers load it again
-    from ``model_path`` once per process. Bands are matched by name, never by position. With a
-    ``denoiser``, the scene statistics pass runs here on ``scheduler`` / ``workers`` with
-    ``gdal_env``, as the run will, unless ``compute_stats`` is False (dry runs).
+    from ``model_path`` once per process. Bands are matched by name, never by position.
+    A denoise stage is added with :meth:`ModelProcessor.set_denoiser`.
     """
     resolve_device(device)  # fail early on --device cuda without a GPU
-    model, meta = load_model(model_path)
-    kind = require_classifier(meta, model_path)
+    model, meta = load_classifier(model_path)
     positions = match_model_bands(meta, image)
     descriptions: list[str] = []
-    if kind == "nd":
+    if meta["config"]["kind"] == "nd":
         descriptions = [to_plain(f) for f in model_formulas(model, meta)]
-    stage = None
-    halo = 0
-    if denoiser is not None:
-        from ndgeo.denoise import denoise_stage
-
-        stage = denoise_stage(denoiser, image, positions, chunk_size=chunk_size, device=device,
-                              compute_stats=compute_stats, scheduler=scheduler,
-                              workers=workers, gdal_env=gdal_env)
-        halo = stage.halo
     processor = ModelProcessor(
         os.path.abspath(model_path), meta, outputs=outputs, batch_size=batch_size,
         device=device, quantize_proba=quantize_proba, index_descriptions=descriptions,
-        denoiser=stage, halo=halo,
         scaling=physical_scaling(image.scales, image.offsets, positions),
     )
     return processor, positions
-

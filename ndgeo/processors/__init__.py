@@ -1,0 +1,1 @@
+"""Processors: what the engine runs per window (``classify``, ``index``, ``denoise``)."""

@@ -1,0 +1,1 @@
+"""Training and evaluating models: library functions the CLI, ``demo`` and tests call."""
