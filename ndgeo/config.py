@@ -34,24 +34,49 @@ def parse_sigma(
     return value
 
 
+#: ``--head`` names and the hidden widths each one defaults to.
+HEADS = {"linear": (), "mlp": (64,)}
+
+
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (JSON-able through :meth:`to_dict`)."""
+    """Everything that defines a training run (JSON-able through :meth:`to_dict`).
+
+    Defaults (``benchmarks/real_scenes.py``; see the README's real-data table): 32 ND indices,
+    BatchNorm, an MLP head of 64 ReLU units; a fixed optimisation budget (``epochs`` passes over
+    the training pixels, each at least ``min_steps_per_epoch`` batches, at most ``max_steps``
+    batches in all) with AdamW, a short warm-up and cosine
+    decay, class-balanced loss, the last iterate kept (nothing is chosen on the small validation
+    split, which only reports accuracy), then a refit on all labelled pixels with the same
+    recipe. ``schedule="plateau"`` restores the earlier recipe (plateau halving, early stopping
+    on validation, best validation checkpoint).
+    """
 
     model: str = "nd"  # "nd" or "mlp"
-    n_indices: int = 8
+    n_indices: int = 32
     depth: int = 1
     pairwise: bool = False
     head_norm: str = "batchnorm"  # on ND outputs: "batchnorm", "affine" or "none"
+    head: str = "mlp"  # "linear" or "mlp" (ND models)
+    head_hidden: tuple[int, ...] | None = None  # default: HEADS[head]
+    max_bands: int | None = None  # band budget per side of each first-layer index
+    prune_at: float = 0.5  # fraction of the budget after which the band budget is applied
+    augment: bool = False  # per-band and per-pixel multiplicative jitter while training
+    band_jitter: float = 0.05  # std of the per-band, per-pixel factor 1 + s * N(0, 1)
+    illumination_jitter: float = 0.2  # std of the per-pixel log factor (exp(s * N(0, 1)))
     mlp_hidden: tuple[int, ...] = (64, 32)
-    epochs: int = 200
-    batch_size: int = 512
-    min_steps_per_epoch: int = 20  # tiny sets: an epoch is at least this many batches
+    schedule: str = "cosine"  # "cosine" (fixed budget) or "plateau" (early stopping)
+    refit: bool = True  # cosine schedule: refit on all labelled pixels after validating
+    epochs: int = 300
+    min_steps_per_epoch: int = 10  # small sets: an epoch is at least this many batches
+    max_steps: int = 10_000  # large sets: the cosine budget is at most this many batches
+    warmup: float = 0.03  # share of the steps with a linear learning-rate warm-up
+    batch_size: int = 256
     lr: float = 1e-2  # ND raw parameters (no weight decay)
-    head_lr: float = 1e-3  # head, normalisation
-    mlp_lr: float = 3e-3
+    head_lr: float = 1e-2  # head, normalisation (plateau schedule with BatchNorm: 1e-3)
+    mlp_lr: float = 1e-2
     weight_decay: float = 1e-4  # head and MLP only
-    patience: int = 25  # epochs without validation accuracy or loss improvement before stopping
+    patience: int = 25  # plateau schedule: epochs without improvement before stopping
     grad_clip: float = 1.0
     class_weight: str = "balanced"  # or "none"
     band_scale: str = "median"  # or "none": per-band 1/median of the training pixels
@@ -68,18 +93,39 @@ class TrainConfig:
         choices = {"model": ("nd", "mlp"), "class_weight": ("balanced", "none"),
                    "band_scale": ("median", "none"), "init": ("pairs", "jitter"),
                    "split": ("block", "random"), "device": ("auto", "cpu", "cuda"),
-                   "head_norm": ("batchnorm", "affine", "none")}
+                   "head_norm": ("batchnorm", "affine", "none"), "head": tuple(HEADS),
+                   "schedule": ("cosine", "plateau")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise NdgeoError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("n_indices", "depth", "epochs", "batch_size", "patience", "threads"):
+        for name in ("n_indices", "depth", "epochs", "batch_size", "patience", "threads",
+                     "min_steps_per_epoch", "max_steps"):
             if getattr(self, name) < 1:
                 raise NdgeoError(f"{name} must be >= 1, got {getattr(self, name)}")
         self.mlp_hidden = tuple(int(h) for h in self.mlp_hidden)
+        if self.head_hidden is None:
+            self.head_hidden = HEADS[self.head]
+        self.head_hidden = tuple(int(h) for h in self.head_hidden)
+        if self.head == "linear" and self.head_hidden:
+            raise NdgeoError("--head-hidden needs --head mlp (a linear head has no hidden layer)")
+        if self.head == "mlp" and (not self.head_hidden or min(self.head_hidden) < 1):
+            raise NdgeoError(f"--head mlp needs hidden widths >= 1, got {self.head_hidden}")
+        if self.max_bands is not None:
+            if self.max_bands < 1:
+                raise NdgeoError(f"--max-bands must be >= 1, got {self.max_bands}")
+            if self.pairwise:
+                raise NdgeoError("--max-bands and --pairwise contradict each other (a pairwise "
+                                 "index has one band per side)")
+        if not 0.0 < self.prune_at < 1.0:
+            raise NdgeoError(f"prune_at must be between 0 and 1, got {self.prune_at}")
+        for name in ("band_jitter", "illumination_jitter", "warmup"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise NdgeoError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mlp_hidden"] = list(self.mlp_hidden)
+        d["head_hidden"] = list(self.head_hidden or ())
         return d
 
 

@@ -93,7 +93,7 @@ def test_same_seed_gives_identical_weights():
 
 def test_compare_models_same_split_and_small_nd():
     p = nd_problem(400)
-    nd, mlp = compare_models(p, fast(epochs=10))
+    nd, mlp = compare_models(p, fast(epochs=10, n_indices=8, head="linear"))
     np.testing.assert_array_equal(nd.val_idx, mlp.val_idx)
     assert nd.config.model == "nd" and mlp.config.model == "mlp"
     assert nd.n_parameters <= 0.25 * mlp.n_parameters

@@ -16,8 +16,22 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from typer.core import TyperOption
 
 from ndgeo.cli.app import console, err_console
+
+_option_type = TyperOption.display_type_rich
+
+
+def _flag_type(self: TyperOption, ctx) -> str | None:
+    """Flags (``--overwrite``, ``--compare/--no-compare``, ``-v``) take no value: no ``<bool>``
+    or ``<int>`` after them in ``--help`` (Typer's rich help prints one for every option)."""
+    if self.is_flag or self.count:
+        return None
+    return _option_type(self, ctx)
+
+
+TyperOption.display_type_rich = _flag_type  # the one place: every command's help
 
 
 @contextmanager
@@ -138,6 +152,10 @@ def print_formulas(model, meta: dict, *, threshold: float = 0.05, precision: int
                                              "share of |d logit / d index| x std")
         console.print(f"[bold]what each class relies on[/] ({method}):")
         for name, row in zip(names, importance, strict=False):
+            if not any(row):
+                console.print(f"  {name}: no single index is needed (the indices overlap)",
+                              highlight=False)
+                continue
             total = sum(row) or 1.0
             top = sorted(enumerate(row), key=lambda kv: -kv[1])[:3]
             parts = ", ".join(f"ND{k + 1} {100 * v / total:.0f}%" for k, v in top)

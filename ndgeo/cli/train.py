@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from click.core import ParameterSource
 
 from ndgeo.cli import options as opt
-from ndgeo.cli.app import app, console, err_console, is_quiet
+from ndgeo.cli.app import Terminated, app, console, err_console, is_quiet
 from ndgeo.cli.options import parse_list
 from ndgeo.cli.present import (
     epoch_progress,
@@ -19,6 +20,8 @@ from ndgeo.cli.present import (
 )
 from ndgeo.config import TrainConfig
 from ndgeo.errors import NdgeoError
+
+_DEFAULTS = TrainConfig()
 
 
 def _scenes(image: Path | None, labels: Path | None, scene: list[str] | None,
@@ -42,6 +45,40 @@ def _scenes(image: Path | None, labels: Path | None, scene: list[str] | None,
     return pairs
 
 
+def given(ctx: typer.Context, *names: str) -> list[str]:
+    """The options among ``names`` (parameter names) that were typed on the command line, as
+    flags (``--indices``)."""
+    return ["--" + n.replace("_", "-") for n in names
+            if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
+
+
+def warn(text: str) -> None:
+    """One yellow warning line on stderr."""
+    err_console.print(f"[yellow]warning:[/] {text}", highlight=False)
+
+
+#: ``train`` options that only shape ND models.
+_ND_OPTIONS = ("indices", "depth", "pairwise", "head_norm", "head", "head_hidden", "max_bands")
+
+
+def _check_train_options(ctx: typer.Context, *, model: str, split: str) -> None:
+    """Options that would be ignored or contradict each other: an error (or a warning where
+    the run is still what was asked for), never silence."""
+    if model == "mlp":
+        nd_only = given(ctx, *_ND_OPTIONS)
+        if nd_only:
+            raise NdgeoError(f"{', '.join(nd_only)} shape ND models and do not apply to --model "
+                             "mlp; drop them (or train --model nd)")
+        if given(ctx, "compare"):
+            raise NdgeoError("--compare trains the MLP baseline beside an ND model; with --model "
+                             "mlp there is nothing to compare")
+    if given(ctx, "pairwise") and given(ctx, "indices"):
+        raise NdgeoError("--pairwise learns one index per band pair (n(n-1)/2 for n bands), so "
+                         "--indices would be ignored; drop one of them")
+    if split == "random" and given(ctx, "block_size"):
+        warn("--block-size only shapes the block split; --split random ignores it")
+
+
 @app.command()
 def train(
     ctx: typer.Context,
@@ -49,8 +86,9 @@ def train(
     labels: Path | None = typer.Argument(None, help="Labels: class raster (0 = unlabeled) or vector file (GeoPackage, Shapefile, GeoJSON)."),
     out: Path = typer.Option(..., "-o", "--output", help="Model file to write (.safetensors)."),
     scene: list[str] | None = typer.Option(None, "--scene", help="Another IMAGE,LABELS pair (repeatable)."),
-    manifest: Path | None = typer.Option(None, "--manifest", help="CSV (image,labels per line) or TOML ([[scene]] image=, labels=) listing scenes."),
+    manifest: Path | None = typer.Option(None, "--manifest", help="CSV (image,labels per line) or TOML (\\[\\[scene]] image=, labels=) listing scenes."),
     label_field: str = typer.Option("class", "--label-field", help="Attribute holding the class of vector labels (string or integer)."),
+    classes_file: Path | None = typer.Option(None, "--classes", help="CSV (value,name,color lines) or JSON listing the classes: the values class maps write, their names and colours (#rrggbb); labels match by value or name. Default: a label raster's own values and colour table, integer fields' integers, string classes 1..n."),
     bands: str | None = typer.Option(None, "--bands", help="Bands to train on (names, ASI letters or 1-based indexes, comma-separated); default all."),
     band_names: str | None = opt.BAND_NAMES,
     sensor: str | None = opt.SENSOR,
@@ -59,14 +97,22 @@ def train(
     offset: float | None = opt.OFFSET,
     negative: str = typer.Option("clip", "--negative", help="Negative reflectance: clip (to 0) or exclude the pixel."),
     model: str = typer.Option("nd", "--model", help="nd (ND-layer classifier) or mlp (baseline)."),
-    indices: int = typer.Option(8, "--indices", help="Learned indices in the first ND layer."),
+    indices: int = typer.Option(_DEFAULTS.n_indices, "--indices", help="Learned indices in the first ND layer."),
     depth: int = typer.Option(1, "--depth", help="Stacked ND layers (first unsigned, then signed)."),
     pairwise: bool = typer.Option(False, "--pairwise", help="Classical band-pair indices (2 weights each) instead of dense ones."),
     head_norm: str = typer.Option("batchnorm", "--head-norm", help="Normalisation of ND outputs before the head: batchnorm, affine or none (none gives the most literal formulas)."),
+    head: str = typer.Option(_DEFAULTS.head, "--head", help="Head on the learned indices: mlp (hidden ReLU layers; default) or linear."),
+    head_hidden: str | None = typer.Option(None, "--head-hidden", help="Hidden widths of the mlp head, comma-separated (default 64)."),
+    max_bands: int | None = typer.Option(None, "--max-bands", help="Band budget: at most N bands per side of each learned index, so the exported formulas are the model exactly (pruned after half the training, then fine-tuned)."),
+    budget_table: bool = typer.Option(True, "--budget-table/--no-budget-table", help="With --max-bands: also train budgets 1, 2, 3 and all on the same split and print their accuracy."),
+    mlp_hidden: str = typer.Option("64,32", "--mlp-hidden", help="Hidden widths of the MLP baseline (--model mlp, --compare), comma-separated."),
+    augment: bool = typer.Option(False, "--augment", help="Train with per-band multiplicative jitter (x(1 + 0.05 N(0,1)) per band and pixel) and per-pixel illumination jitter (x exp(0.2 N(0,1)))."),
+    schedule: str = typer.Option(_DEFAULTS.schedule, "--schedule", help="cosine: a fixed budget with warm-up and cosine decay, then a refit on all labelled pixels (default); plateau: early stopping on the validation split."),
+    refit: bool = typer.Option(_DEFAULTS.refit, "--refit/--no-refit", help="cosine schedule: after validating, train again on all labelled pixels and save that model."),
     compare: bool = typer.Option(False, "--compare", help="Also train the MLP baseline on the same split and print both."),
-    epochs: int = typer.Option(200, "--epochs", help="Maximum epochs (early stopping on the validation split)."),
-    patience: int = typer.Option(25, "--patience", help="Epochs without validation improvement before stopping."),
-    batch_size: int = typer.Option(512, "--batch-size", help="Pixels per training batch."),
+    epochs: int = typer.Option(_DEFAULTS.epochs, "--epochs", help="Passes over the training pixels (each at least 10 batches, at most 10,000 batches in all; plateau schedule: the maximum)."),
+    patience: int = typer.Option(_DEFAULTS.patience, "--patience", help="plateau schedule: epochs without validation improvement before stopping."),
+    batch_size: int = typer.Option(_DEFAULTS.batch_size, "--batch-size", help="Pixels per training batch."),
     split: str = typer.Option("block", "--split", help="Validation split: block (spatially blocked) or random."),
     block_size: int = typer.Option(32, "--block-size", help="Side in pixels of the blocks of the blocked split."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of pixels held out for validation."),
@@ -83,57 +129,181 @@ def train(
     from ndgeo.training.classifier import train as train_job
 
     quiet = is_quiet(ctx)
+    _check_train_options(ctx, model=model, split=split)
+    if report is not None and no_report:
+        raise NdgeoError("--report and --no-report contradict each other; give one")
+    hidden = parse_list(head_hidden)
+    mlp_widths = parse_list(mlp_hidden) or []
+    for name, values in (("--head-hidden", hidden or []), ("--mlp-hidden", mlp_widths)):
+        if not all(h.isdigit() for h in values):
+            raise NdgeoError(f"{name} expects comma-separated integers, got {values!r}")
     config = TrainConfig(model=model, n_indices=indices, depth=depth, pairwise=pairwise,
-                         head_norm=head_norm,
+                         head_norm=head_norm, head=head,
+                         head_hidden=None if hidden is None else tuple(int(h) for h in hidden),
+                         max_bands=max_bands, augment=augment,
+                         mlp_hidden=tuple(int(h) for h in mlp_widths), schedule=schedule, refit=refit,
                          epochs=epochs, patience=patience, batch_size=batch_size, split=split,
                          block_size=block_size, val_fraction=val_fraction, device=device,
                          seed=seed)
     report_path = None if no_report else (report or out.with_suffix(".png"))
     log = (lambda msg: None) if quiet else (lambda msg: err_console.print(f"[dim]{msg}[/]"))
-    with epoch_progress(quiet, epochs) as progress:
-        run = train_job(
-            _scenes(image, labels, scene, manifest), out, config, compare=compare,
-            report_path=report_path, overwrite=overwrite, progress=progress, log=log,
-            label_field=label_field, bands=parse_list(bands), band_names=parse_list(band_names),
-            sensor=sensor, nodata=nodata, negative=negative, max_pixels=max_pixels,
-            scale=scale, offset=offset,
-        )
+    done = {"epoch": 0, "total": epochs}
+    try:
+        with epoch_progress(quiet, epochs) as bar:
+            def progress(epoch: int, total: int, row: dict) -> None:
+                done.update(epoch=epoch, total=total)
+                if bar is not None:
+                    bar(epoch, total, row)
+
+            run = train_job(
+                _scenes(image, labels, scene, manifest), out, config, compare=compare,
+                budgets=(1, 2, 3, None) if max_bands is not None and budget_table else (),
+                report_path=report_path, overwrite=overwrite, progress=progress, log=log,
+                label_field=label_field, class_table=classes_file,
+                bands=parse_list(bands), band_names=parse_list(band_names),
+                sensor=sensor, nodata=nodata, negative=negative, max_pixels=max_pixels,
+                scale=scale, offset=offset,
+            )
+    except KeyboardInterrupt as exc:
+        _keep_interrupted(exc, Path(out), config, done)
+        raise
     for note in run.pixels.warnings:
-        err_console.print(f"[yellow]warning:[/] {note}", highlight=False)
+        warn(note)
     if quiet:
         return
     result = run.results[0]
     print_metrics(result.metrics, result.classes, f"validation ({result.config.split} split)")
-    if compare:
+    if compare or len(run.results) > 1:
         print_comparison(run.results)
     print_formulas(result.model, result.metadata(), threshold=threshold, precision=precision)
     console.print(f"wrote [bold]{run.model_path}[/]"
                   + (f" and {run.report_path}" if run.report_path else ""))
 
 
+def interrupted_path(out: Path) -> Path:
+    """Where Ctrl-C during ``train`` keeps the model so far: ``MODEL.interrupted.safetensors``
+    beside MODEL (never MODEL itself, which only a finished run writes)."""
+    return out.with_name(f"{out.stem}.interrupted{out.suffix or '.safetensors'}")
+
+
+def _keep_interrupted(exc: KeyboardInterrupt, out: Path, config: TrainConfig,
+                      done: dict) -> None:
+    """Save the model being trained when Ctrl-C came (atomically, clearly named) and say so;
+    then exit 130. Without one (interrupted while reading labels), the app's message stands."""
+    partial = getattr(exc, "partial", None)
+    if partial is None:
+        return
+    code, word = (143, "terminated") if isinstance(exc, Terminated) else (130, "interrupted")
+    model, fit_config, pixels, refitting = partial
+    if fit_config.model != config.model:
+        err_console.print(f"[bold red]{word}[/] while training the {fit_config.model} "
+                          f"baseline of --compare; nothing kept ({out} was not written)")
+        raise typer.Exit(code)
+    import numpy as np
+
+    from ndgeo.checkpoint import save_model
+    from ndgeo.training.classifier import TrainResult
+
+    epoch, total = done["epoch"], done["total"]
+    stage = "while refitting on all labelled pixels" if refitting else "during training"
+    result = TrainResult(
+        model=model.cpu(), config=fit_config, history=[], metrics={}, train_seconds=0.0,
+        n_parameters=int(model.n_parameters()), classes=list(pixels.classes),
+        bands=list(pixels.bands), train_idx=np.zeros(0, np.int64),
+        val_idx=np.zeros(0, np.int64), best_epoch=epoch, class_info=pixels.classes_info(),
+    )
+    meta = result.metadata()
+    meta["training"]["interrupted"] = {"after_epoch": epoch, "of": total, "refit": refitting}
+    path = interrupted_path(out)
+    save_model(path, model, meta, overwrite=True)
+    err_console.print(
+        f"[bold red]{word}[/] {stage} after epoch {epoch} of {total}: kept the model so "
+        f"far in {path} (written whole; not the finished model: evaluate it, rename it to use "
+        f"it); {out} was not written", highlight=False)
+    raise typer.Exit(code)
+
+
 @app.command()
 def formula(
+    ctx: typer.Context,
     model: Path = typer.Argument(..., help="Model file written by `ndgeo train`."),
-    fmt: str = typer.Option("text", "--format", "-f", help="text, latex, asi (Awesome Spectral Indices JSON), numexpr (numexpr / gdal_calc) or json."),
-    precision: int = opt.PRECISION,
-    threshold: float = opt.THRESHOLD,
+    fmt: str = typer.Option("text", "--format", "-f", help="text, latex, asi (Awesome Spectral Indices JSON), numexpr (one bare expression per index, in order), gdal_calc (one gdal_calc.py command line per index) or json."),
+    precision: int | None = typer.Option(None, "--precision", help="Decimal places of coefficients; default 3 for text and latex, 6 for the machine formats (numexpr, gdal_calc, asi, json)."),
+    threshold: float | None = typer.Option(None, "--threshold", help="Drop terms below this fraction of an index's largest weight; default 0.05 for text and latex (the dropped share is printed), 0 for the machine formats, which then reproduce the model."),
     domain: str = typer.Option("vegetation", "--domain", help="application_domain of --format asi entries."),
+    image: str | None = typer.Option(None, "--image", help="gdal_calc: the raster to compute on; its bands are matched to the model's by name (default: IMAGE.tif numbered in the model's band order)."),
+    band_names: str | None = opt.BAND_NAMES,
+    sensor: str | None = opt.SENSOR,
 ) -> None:
-    """Print a model's learned first-layer indices as formulas over band names."""
+    """Print a model's learned first-layer indices as formulas over band names.
+
+    The machine formats (numexpr, gdal_calc, asi, json) are exact by default: every term, 6
+    decimals. With --threshold or a lower --precision they approximate the model; the asi and
+    json documents then record the dropped weight and an error bound, and a warning says so.
+    """
     from ndgeo import formula as fm
     from ndgeo.checkpoint import load_model
 
+    if fmt not in fm.FORMATS:
+        raise NdgeoError(f"unknown --format {fmt!r}; choose one of {', '.join(fm.FORMATS)}")
+    machine = fmt in fm.MACHINE_FORMATS
+    calc_only = given(ctx, "image", "band_names", "sensor")
+    if calc_only and fmt != "gdal_calc":
+        raise NdgeoError(f"{', '.join(calc_only)} only apply to --format gdal_calc")
+    if given(ctx, "domain") and fmt != "asi":
+        raise NdgeoError("--domain only applies to --format asi")
+    precision = (6 if machine else 3) if precision is None else precision
+    threshold = (0.0 if machine else 0.05) if threshold is None else threshold
     net, meta = load_model(model)  # any model file; only ND models have indices to print
     formulas = fm.model_formulas(net, meta, threshold=threshold, precision=precision)
     if fmt == "text":
         print_formulas(net, meta, threshold=threshold, precision=precision)
         return
-    options = {"application_domain": domain} if fmt == "asi" else {}
+    options: dict = {}
+    if fmt == "asi":
+        options = {"application_domain": domain}
+    elif fmt == "gdal_calc":
+        options = _gdal_calc_options(meta, image, band_names, sensor)
+    if machine:
+        approximate = [f for f in formulas if not fm.approximation(f)["exact"]]
+        if approximate:
+            worst = max(fm.approximation(f)["bound_equal_bands"] or float("inf")
+                        for f in approximate)
+            where = (" (recorded in the document)" if fmt in ("asi", "json") else "")
+            err_console.print(
+                f"[yellow]warning:[/] {len(approximate)} of {len(formulas)} formula(s) "
+                f"approximate the model (--threshold {threshold:g}, --precision {precision}): "
+                f"up to {100 * max(f.dropped for f in approximate):.2g}% of the weight dropped, "
+                f"error up to ~{worst:.2g} where bands are equal{where}; the defaults "
+                "(--threshold 0 --precision 6) export the model exactly", highlight=False)
     print(fm.render(formulas, fmt, **options))
+
+
+def _gdal_calc_options(meta: dict, image: str | None, band_names: str | None,
+                       sensor: str | None) -> dict:
+    """Band numbers (and scaling) for ``--format gdal_calc``: from ``image`` matched by name,
+    else the model's own band order."""
+    if image is None:
+        numbers = {b["name"]: i + 1 for i, b in enumerate(meta["bands"])}
+        listing = ", ".join(f"{b['name']}={numbers[b['name']]}" for b in meta["bands"])
+        print(f"# IMAGE.tif bands numbered in the model's band order ({listing}); "
+              "`--image FILE` numbers the bands of FILE")
+        return {"band_numbers": numbers}
+    from ndgeo.checkpoint import match_model_bands
+    from ndgeo.io.raster import open_raster
+
+    info = open_raster(image, bands=parse_list(band_names), sensor=sensor)
+    positions = match_model_bands(meta, info)
+    names = [b["name"] for b in meta["bands"]]
+    scaling = {name: (info.scales[p], info.offsets[p]) for name, p in zip(names, positions,
+                                                                         strict=True)}
+    return {"band_numbers": {name: p + 1 for name, p in zip(names, positions, strict=True)},
+            "image": image, "scaling": scaling}
 
 
 @app.command()
 def evaluate(
+    ctx: typer.Context,
     model: Path = typer.Argument(..., help="Model file written by `ndgeo train`."),
     image: Path = typer.Argument(..., help="Multispectral GeoTIFF."),
     labels: Path = typer.Argument(..., help="Labels (class raster or vector file) with the model's class names."),
@@ -154,6 +324,10 @@ def evaluate(
     from ndgeo.io.labels import load_many
     from ndgeo.training.metrics import evaluate_model, noise_robustness
 
+    if not noise_levels:
+        ignored = given(ctx, "noise_mode", "draws", "seed")
+        if ignored:
+            raise NdgeoError(f"{', '.join(ignored)} only apply with --noise-levels")
     net, meta = load_classifier(model)
     classes = [c["name"] for c in meta["classes"]]
     pixels = load_many([(image, labels)], label_field=label_field,

@@ -62,12 +62,17 @@ class BandMajorND(nn.Module):
                 a, b = (torch.from_numpy(c).float() for c in layer.coefficients())
                 self.hidden.append(nn.Parameter(a - b, requires_grad=False))
                 self.hidden.append(nn.Parameter(a + b, requires_grad=False))
-            width = model.head.in_features
-            norm_scale, norm_shift = _norm_as_affine(model.norm, width)
-            weight = model.head.weight.detach().cpu().float()
-            bias = model.head.bias.detach().cpu().float()
-            self.register_buffer("head_weight", weight * norm_scale)
-            self.register_buffer("head_bias", (bias + weight @ norm_shift)[:, None].contiguous())
+            # The head's linear layers; the normalisation folds into the first of them.
+            linears = [m for m in model.head_layers if isinstance(m, nn.Linear)] + [model.head]
+            weights = [m.weight.detach().cpu().float().clone() for m in linears]
+            biases = [m.bias.detach().cpu().float().clone() for m in linears]
+            norm_scale, norm_shift = _norm_as_affine(model.norm, linears[0].in_features)
+            biases[0] = biases[0] + weights[0] @ norm_shift
+            weights[0] = weights[0] * norm_scale
+            self.head_weights = nn.ParameterList(
+                nn.Parameter(w, requires_grad=False) for w in weights)
+            self.head_biases = nn.ParameterList(
+                nn.Parameter(b[:, None].contiguous(), requires_grad=False) for b in biases)
 
     def indices(self, x: torch.Tensor) -> torch.Tensor:
         """First-layer ND indices of band-major raw pixels ``x`` (C, N), in [-1, 1]."""
@@ -85,7 +90,12 @@ class BandMajorND(nn.Module):
         for i, eps in enumerate(self.eps[1:]):
             diff, total = self.hidden[2 * i], self.hidden[2 * i + 1]
             h = (diff @ h).div_((total @ h.abs()).add_(eps)).clamp_(-1.0, 1.0)
-        return torch.addmm(self.head_bias, self.head_weight, h)
+        last = len(self.head_weights) - 1
+        for i, (weight, bias) in enumerate(zip(self.head_weights, self.head_biases, strict=True)):
+            h = torch.addmm(bias, weight, h)
+            if i < last:
+                h = h.clamp_(min=0)
+        return h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.from_indices(self._first_layer(x))

@@ -48,7 +48,13 @@ def _head_norm(kind: str, n: int) -> nn.Module:
 
 @register_model("nd")
 class NDClassifier(nn.Module):
-    """ND layers (first unsigned, later signed) -> optional normalisation -> linear head.
+    """ND layers (first unsigned, later signed) -> optional normalisation -> head.
+
+    The head is linear (``head_hidden=()``) or a small MLP on the indices (``head_hidden=(32,)``:
+    Linear -> ReLU per hidden width, then a linear output); either way everything after the
+    first layer sees only ND values, so the whole model keeps the first layer's invariance.
+    ``max_bands`` gives the first layer band masks for a budget: :meth:`prune` keeps at most
+    that many bands per side of each index, so its exported formulas are exact.
 
     Nothing before the first ND layer centres or shifts the input, so the logits are invariant to
     a common positive factor on all bands up to ``eps`` (see :mod:`ndgeo.nn.nd`; tested: logits
@@ -77,6 +83,8 @@ class NDClassifier(nn.Module):
         eps: float = 1e-6,
         hidden_indices: int | Sequence[int] | None = None,
         head_norm: str = "batchnorm",
+        head_hidden: Sequence[int] = (),
+        max_bands: int | None = None,
         init: str = "jitter",
         init_pairs: Sequence[Sequence[int]] | None = None,
         check_input: bool = True,
@@ -100,6 +108,13 @@ class NDClassifier(nn.Module):
         self.in_bands, self.n_classes, self.eps = int(in_bands), int(n_classes), float(eps)
         self.pairs, self.hidden_indices, self.head_norm = pairs, hidden_indices, head_norm
         self.clamp_negative = bool(clamp_negative)
+        self.head_hidden = [int(h) for h in head_hidden]
+        if any(h < 1 for h in self.head_hidden):
+            raise ValueError(f"head_hidden widths must be >= 1, got {self.head_hidden}")
+        if max_bands is not None and (pairs is not None or int(max_bands) < 1):
+            raise ValueError("max_bands needs a dense first layer and a value >= 1, got "
+                             f"{max_bands}" + (" with a pairwise layer" if pairs else ""))
+        self.max_bands = None if max_bands is None else int(max_bands)
 
         scale = torch.ones(in_bands) if band_scale is None else _as_tensor(band_scale).float()
         valid = bool(torch.isfinite(scale).all() and (scale > 0).all())
@@ -111,34 +126,46 @@ class NDClassifier(nn.Module):
         layers = [
             NDLayer(
                 in_bands, n_indices, pairs=pairs, init=init, init_pairs=init_pairs,
-                check_input=check_input, clamp_negative=clamp_negative, **common,
+                check_input=check_input, clamp_negative=clamp_negative,
+                masked=self.max_bands is not None, **common,
             )
         ]
         for width in hidden_indices:
             layers.append(NDLayer(layers[-1].n_indices, width, signed=True, **common))
         self.nd_layers = nn.ModuleList(layers)
         self.norm = _head_norm(head_norm, layers[-1].n_indices)
-        self.head = nn.Linear(layers[-1].n_indices, n_classes)
+        hidden: list[nn.Module] = []
+        width = layers[-1].n_indices
+        for h in self.head_hidden:
+            hidden += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.head_layers = nn.Sequential(*hidden)
+        self.head = nn.Linear(width, n_classes)
 
     def indices(self, x: torch.Tensor) -> torch.Tensor:
         """First-layer outputs (N, K): the learned spectral indices of the raw bands."""
         return self.nd_layers[0](x * self.band_scale)
 
-    def _from_indices(self, h: torch.Tensor) -> torch.Tensor:
+    def from_indices(self, h: torch.Tensor) -> torch.Tensor:
         for layer in self.nd_layers[1:]:
             h = layer(h)
-        return self.head(self.norm(h))
+        return self.head(self.head_layers(self.norm(h)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._from_indices(self.indices(x))
+        return self.from_indices(self.indices(x))
 
     def nd_parameters(self) -> list[nn.Parameter]:
         """Raw ND parameters (train with a higher lr and no weight decay, notes section 6)."""
         return [p for layer in self.nd_layers for p in layer.parameters()]
 
     def head_parameters(self) -> list[nn.Parameter]:
-        """Normalisation and linear-head parameters."""
-        return [*self.norm.parameters(), *self.head.parameters()]
+        """Normalisation and head parameters."""
+        return [*self.norm.parameters(), *self.head_layers.parameters(),
+                *self.head.parameters()]
+
+    def prune(self, max_bands: int | None = None) -> None:
+        """Apply the band budget (default ``self.max_bands``) to the first layer."""
+        self.nd_layers[0].prune(max_bands or self.max_bands)
 
     def n_parameters(self) -> int:
         """Trainable parameters actually used (pairwise masks count 2 per index)."""
@@ -159,6 +186,8 @@ class NDClassifier(nn.Module):
             "eps": self.eps,
             "hidden_indices": list(self.hidden_indices),
             "head_norm": self.head_norm,
+            "head_hidden": list(self.head_hidden),
+            "max_bands": self.max_bands,
             "clamp_negative": self.clamp_negative,
         }
 
@@ -220,7 +249,7 @@ class NDClassifier(nn.Module):
         try:
             with torch.enable_grad():
                 h = self.indices(x).detach().requires_grad_(True)
-                logits = self._from_indices(h)
+                logits = self.from_indices(h)
                 rows = [
                     torch.autograd.grad(logits[:, c].sum(), h, retain_graph=True)[0].abs().mean(0)
                     for c in range(self.n_classes)

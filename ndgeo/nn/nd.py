@@ -174,6 +174,8 @@ class NDLayer(nn.Module):
             count and minimum of negative or non-finite inputs; one min/max pass per batch.
         clamp_negative: unsigned layers clamp negative inputs at 0 first (non-finite still fail).
         closed_form: use the closed-form backward (:class:`NDFunction`) instead of autograd.
+        masked: dense layer with (initially all-ones) band masks in its state, for a band budget
+            (:meth:`prune`): masked-out weights are exactly 0 and get no gradient.
     """
 
     def __init__(
@@ -189,6 +191,7 @@ class NDLayer(nn.Module):
         check_input: bool = True,
         clamp_negative: bool = False,
         closed_form: bool = CLOSED_FORM_DEFAULT,
+        masked: bool = False,
     ) -> None:
         super().__init__()
         if in_features < 2 or n_indices < 1:
@@ -206,7 +209,10 @@ class NDLayer(nn.Module):
         self.pairs = None if pairs is None else _validate_pairs(pairs, in_features)
         self.raw_pos = nn.Parameter(torch.empty(n_indices, in_features))
         self.raw_neg = nn.Parameter(torch.empty(n_indices, in_features))
-        if self.pairs is None:
+        if self.pairs is None and masked:
+            self.register_buffer("mask_pos", torch.ones(n_indices, in_features))
+            self.register_buffer("mask_neg", torch.ones(n_indices, in_features))
+        elif self.pairs is None:
             self.register_buffer("mask_pos", None)
             self.register_buffer("mask_neg", None)
         else:
@@ -280,9 +286,29 @@ class NDLayer(nn.Module):
         alpha, beta = _coefficients(self.raw_pos, self.raw_neg, self.mask_pos, self.mask_neg)
         return alpha.double().cpu().numpy(), beta.double().cpu().numpy()
 
+    @torch.no_grad()
+    def prune(self, max_bands: int) -> None:
+        """Keep at most ``max_bands`` bands per side of every index (the largest coefficients),
+        masking the others to exactly 0: the index then *is* its short formula."""
+        if self.mask_pos is None or self.pairs is not None:
+            raise ValueError("prune needs a dense layer built with masked=True")
+        if max_bands < 1:
+            raise ValueError(f"max_bands must be >= 1, got {max_bands}")
+        alpha, beta = _coefficients(self.raw_pos, self.raw_neg, self.mask_pos, self.mask_neg)
+        for coef, mask in ((alpha, self.mask_pos), (beta, self.mask_neg)):
+            k = min(max_bands, self.in_features)
+            keep = torch.zeros_like(mask)
+            keep.scatter_(1, coef.topk(k, dim=1).indices, 1.0)
+            mask.mul_(keep)
+
     def n_parameters(self) -> int:
-        """Trainable parameters actually used: 2 per index (pairwise) or 2 per index and input."""
-        return 2 * self.n_indices * (1 if self.pairs is not None else self.in_features)
+        """Trainable parameters actually used: 2 per index (pairwise), the unmasked weights
+        (band budget) or 2 per index and input."""
+        if self.pairs is not None:
+            return 2 * self.n_indices
+        if self.mask_pos is not None:
+            return int(self.mask_pos.count_nonzero() + self.mask_neg.count_nonzero())
+        return 2 * self.n_indices * self.in_features
 
     def extra_repr(self) -> str:
         form = "pairwise" if self.pairs is not None else "dense"

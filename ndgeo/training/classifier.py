@@ -29,14 +29,14 @@ from torch import nn
 from ndgeo.config import TrainConfig
 from ndgeo.device import resolve_device
 from ndgeo.errors import NdgeoError
-from ndgeo.io.labels import TrainingPixels
+from ndgeo.io.labels import TrainingPixels, default_class_info
 from ndgeo.io.writer import check_output
 from ndgeo.nn import MLP, NDClassifier
-from ndgeo.training.metrics import classification_report, predict_logits
-
-#: Class colours (matplotlib tab10) used when labels carry none.
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-           "#7f7f7f", "#bcbd22", "#17becf")
+from ndgeo.training.metrics import (
+    classification_report,
+    index_permutation_importance,
+    predict_logits,
+)
 
 
 def split_pixels(
@@ -119,6 +119,8 @@ class TrainResult:
     val_idx: np.ndarray
     best_epoch: int
     init_pairs: list[tuple[int, int]] = field(default_factory=list)
+    #: Per class (``classes`` order): value, name and colour (``TrainingPixels.class_info``).
+    class_info: list = field(default_factory=list)
 
     def describe_model(self) -> str:
         """Short architecture name for tables, e.g. ``nd 8 indices`` or ``mlp 64-32``."""
@@ -127,7 +129,11 @@ class TrainResult:
             return "mlp " + "-".join(str(h) for h in c.mlp_hidden)
         pairs = self.model.config().get("pairs")
         text = f"nd {len(pairs) if pairs else c.n_indices} indices"
-        return text + (f", depth {c.depth}" if c.depth > 1 else "")
+        text += f", depth {c.depth}" if c.depth > 1 else ""
+        text += (", linear head" if c.head == "linear"
+                 else ", mlp head " + "-".join(str(h) for h in c.head_hidden or ()))
+        text += f", max {c.max_bands} band(s) per side" if c.max_bands else ", all bands"
+        return text + (", augmented" if c.augment else "")
 
     def metadata(self) -> dict:
         """Checkpoint metadata (``ndgeo.checkpoint.save_model``): JSON-able."""
@@ -135,8 +141,9 @@ class TrainResult:
             "config": self.model.config(),
             "eps": self.config.eps,
             "bands": [{"name": b.name, "letter": b.letter} for b in self.bands],
-            "classes": [{"id": i, "name": n, "color": PALETTE[i % len(PALETTE)]}
-                        for i, n in enumerate(self.classes)],
+            "classes": [{"id": i, "value": c.value, "name": c.name,
+                         "color": "#{:02x}{:02x}{:02x}".format(*c.color)} for i, c in
+                        enumerate(self.class_info or default_class_info(self.classes))],
             "training": {**self.config.to_dict(), "best_epoch": self.best_epoch,
                          "epochs_run": len(self.history), "train_seconds": self.train_seconds,
                          "n_train": int(self.train_idx.size), "n_val": int(self.val_idx.size),
@@ -164,7 +171,9 @@ def train_model(
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        return _train(pixels, config, split, progress, log or (lambda _msg: None))
+        result = _train(pixels, config, split, progress, log or (lambda _msg: None))
+        result.class_info = pixels.classes_info()
+        return result
     finally:
         torch.set_num_threads(threads)
 
@@ -179,18 +188,74 @@ def _train(pixels, config, split, progress, say) -> TrainResult:
     missing = [pixels.classes[k] for k in sorted(set(range(n_classes)) - set(pixels.y[val_idx]))]
     if missing:
         say(f"classes absent from validation (too few blocks): {', '.join(missing)}")
+    refit = config.refit and config.schedule == "cosine"
+    passes = 2 if refit else 1
+    fit = _fit(pixels, train_idx, val_idx, config, device, say, progress, 0, passes)
+    model = fit.model
+    X_va = np.ascontiguousarray(pixels.X[val_idx], dtype=np.float32)
+    X_tr = np.ascontiguousarray(pixels.X[train_idx], dtype=np.float32)
+    metrics = classification_report(
+        pixels.y[val_idx], predict_logits(model, X_va).argmax(1), pixels.classes
+    )
+    metrics["train_accuracy"] = float(
+        (predict_logits(model, X_tr).argmax(1) == pixels.y[train_idx]).mean()
+    )
+    metrics["split"] = config.split
+    if hasattr(model, "from_indices") and len(val_idx):
+        # What each class relies on, for `ndgeo formula`: honest for any head.
+        per_class, overall = index_permutation_importance(
+            model, X_va, pixels.y[val_idx], n_classes, seed=config.seed)
+        metrics["index_importance"] = per_class.tolist()
+        metrics["index_accuracy_cost"] = overall.tolist()
+        metrics["index_importance_method"] = (
+            "drop in each class's recall when the index is shuffled across validation pixels")
+    seconds = fit.seconds
+    if refit:
+        everything = np.arange(len(pixels), dtype=np.int64)
+        say(f"refitting on all {len(everything)} labelled pixels with the same recipe "
+            "(the metrics above are from the validation fit)")
+        final = _fit(pixels, everything, None, config, device, say, progress, config.epochs,
+                     passes)
+        model, seconds = final.model, seconds + final.seconds
+        metrics["refit_pixels"] = int(len(everything))
+    return TrainResult(
+        model=model.cpu(), config=config, history=fit.history, metrics=metrics,
+        train_seconds=round(seconds, 3), n_parameters=int(model.n_parameters()),
+        classes=list(pixels.classes), bands=list(pixels.bands), train_idx=train_idx,
+        val_idx=val_idx, best_epoch=fit.best_epoch, init_pairs=fit.init_pairs,
+    )
 
+
+@dataclass
+class _Fit:
+    model: nn.Module
+    history: list[dict]
+    best_epoch: int
+    seconds: float
+    init_pairs: list[tuple[int, int]]
+
+
+def _fit(pixels, train_idx, val_idx, config, device, say, progress, epoch_offset,
+         passes) -> _Fit:
+    """One training run of ``config``'s recipe on ``train_idx`` (validating on ``val_idx``
+    when given: the plateau schedule selects on it, the cosine schedule only reports)."""
+    n_classes = len(pixels.classes)
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     X_tr = torch.from_numpy(np.ascontiguousarray(pixels.X[train_idx], dtype=np.float32))
     y_tr = torch.from_numpy(pixels.y[train_idx].astype(np.int64))
-    X_va = torch.from_numpy(np.ascontiguousarray(pixels.X[val_idx], dtype=np.float32))
-    y_va = torch.from_numpy(pixels.y[val_idx].astype(np.int64))
-    model, init_pairs = _build(config, X_tr, y_tr, n_classes, say)
+    if val_idx is not None:
+        X_va = torch.from_numpy(np.ascontiguousarray(pixels.X[val_idx], dtype=np.float32))
+        y_va = torch.from_numpy(pixels.y[val_idx].astype(np.int64))
+    else:
+        X_va = y_va = None
+    model, init_pairs = _build(config, X_tr, y_tr, n_classes, say if epoch_offset == 0 else None,
+                               pixels.bands)
     model.to(device)
-    say(f"training {config.model} model ({model.n_parameters()} parameters) on {device}: "
-        f"{len(train_idx)} training / {len(val_idx)} validation pixels")
-
+    if epoch_offset == 0:
+        say(f"training {config.model} model ({model.n_parameters()} parameters) on {device}: "
+            f"{len(train_idx)} training / {0 if val_idx is None else len(val_idx)} "
+            "validation pixels")
     counts = torch.bincount(y_tr, minlength=n_classes).double()
     weights = None
     if config.class_weight == "balanced":
@@ -198,19 +263,107 @@ def _train(pixels, config, split, progress, say) -> TrainResult:
         weights = torch.where(present, counts.sum() / (present.sum() * counts.clamp_min(1)), 0.0)
         weights = weights.float().to(device)
     loss_fn = nn.CrossEntropyLoss(weight=weights)
+    total_epochs = config.epochs * passes
+
+    def report(epoch: int, row: dict) -> None:
+        if progress:
+            progress(epoch_offset + epoch, total_epochs, row)
+
+    start = time.perf_counter()
+    run = _cosine if config.schedule == "cosine" else _plateau
+    try:
+        history, best_epoch = run(model, X_tr, y_tr, X_va, y_va, config, loss_fn, gen, device,
+                                  report, say)
+    except KeyboardInterrupt as exc:  # Ctrl-C: `ndgeo train` keeps the model so far
+        exc.partial = (model.eval(), config, pixels, val_idx is None)
+        raise
+    model.eval()
+    return _Fit(model, history, best_epoch, time.perf_counter() - start, init_pairs)
+
+
+def _augment(xb: torch.Tensor, config: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """Training-time noise: ``x * (1 + s_band * N(0, 1))`` per band and pixel (clamped at 0.05)
+    and ``x * exp(s_illum * N(0, 1))`` per pixel (what an ND model is invariant to)."""
+    if config.band_jitter > 0:
+        noise = torch.randn(xb.shape, generator=gen).to(xb.device)
+        xb = xb * (1 + config.band_jitter * noise).clamp_min(0.05)
+    if config.illumination_jitter > 0:
+        noise = torch.randn((xb.shape[0], 1), generator=gen).to(xb.device)
+        xb = xb * torch.exp(config.illumination_jitter * noise)
+    return xb
+
+
+def _cosine(model, X_tr, y_tr, X_va, y_va, config, loss_fn, gen, device, report, say):
+    """Fixed budget: ``epochs`` passes of at least ``min_steps_per_epoch`` batches, linear
+    warm-up then cosine decay, last iterate kept; the band budget is applied after
+    ``prune_at`` of it."""
+    n = len(y_tr)
+    batch = max(2, min(config.batch_size, n))
+    per_epoch = max(math.ceil(n / batch), config.min_steps_per_epoch)
+    if config.epochs * per_epoch > config.max_steps:  # large sets: fewer, equal "epochs"
+        per_epoch = max(1, config.max_steps // config.epochs)
+    steps = config.epochs * per_epoch
+    optimizer = _optimizer(model, config)
+    warm = max(1, int(config.warmup * steps))
+
+    def factor(step: int) -> float:
+        return min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / steps)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    prune_step = int(config.prune_at * steps) if getattr(model, "max_bands", None) else -1
+    order = _index_stream(n, steps * batch, gen)
+    history: list[dict] = []
+    total = 0.0
+    model.train()
+    for step in range(steps):
+        if step == prune_step:
+            model.prune()
+            say(f"band budget applied: at most {model.max_bands} band(s) per side of each index")
+        idx = order[step * batch : (step + 1) * batch]
+        xb, yb = X_tr[idx].to(device), y_tr[idx].to(device)
+        if config.augment:
+            xb = _augment(xb, config, gen)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(xb), yb)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        total += float(loss.detach())
+        if (step + 1) % per_epoch == 0:
+            row = {"epoch": len(history) + 1, "train_loss": total / per_epoch,
+                   "lr": optimizer.param_groups[0]["lr"]}
+            if X_va is not None:
+                row["val_loss"], row["val_acc"] = _validate(model, X_va, y_va, loss_fn)
+                model.train()
+            history.append(row)
+            report(row["epoch"], row)
+            total = 0.0
+    return history, len(history)
+
+
+def _plateau(model, X_tr, y_tr, X_va, y_va, config, loss_fn, gen, device, report, say):
+    """The earlier recipe: learning rate halved on validation-loss plateaus, early stopping
+    once neither validation accuracy nor loss improved for ``patience`` epochs, best
+    validation checkpoint kept (ties: lower loss)."""
+    if X_va is None:
+        raise NdgeoError("the plateau schedule needs a validation split")
     optimizer = _optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, factor=0.5, patience=max(2, config.patience // 4)
     )
-
-    n_train = len(train_idx)
+    n_train = len(y_tr)
     batch = min(config.batch_size, max(16, math.ceil(n_train / config.min_steps_per_epoch)))
     steps = max(math.ceil(n_train / batch), config.min_steps_per_epoch)
+    prune_epoch = (max(1, int(config.prune_at * config.epochs))
+                   if getattr(model, "max_bands", None) else -1)
     history: list[dict] = []
     best = ((-1.0, -math.inf), 0, copy.deepcopy(model.state_dict()))
     lowest, last_gain = math.inf, 0
-    start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
+        if epoch == prune_epoch:  # only budgeted states compete from here on
+            model.prune()
+            best, lowest, last_gain = ((-1.0, -math.inf), epoch, best[2]), math.inf, epoch
         model.train()
         order = _index_stream(n_train, steps * batch, gen)
         total = 0.0
@@ -219,6 +372,8 @@ def _train(pixels, config, split, progress, say) -> TrainResult:
             if idx.numel() < 2:  # batch normalisation needs two samples
                 continue
             xb, yb = X_tr[idx].to(device), y_tr[idx].to(device)
+            if config.augment:
+                xb = _augment(xb, config, gen)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb)
             loss.backward()
@@ -230,56 +385,48 @@ def _train(pixels, config, split, progress, say) -> TrainResult:
         row = {"epoch": epoch, "train_loss": total / steps, "val_loss": val_loss,
                "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"]}
         history.append(row)
-        if progress:
-            progress(epoch, config.epochs, row)
+        report(epoch, row)
         if (val_acc, -val_loss) > best[0]:
             best = ((val_acc, -val_loss), epoch, copy.deepcopy(model.state_dict()))
         if val_loss < lowest - 1e-6:
             lowest, last_gain = val_loss, epoch
-        if epoch - max(best[1], last_gain) >= config.patience:
+        if epoch > prune_epoch and epoch - max(best[1], last_gain) >= config.patience:
             say(f"early stop at epoch {epoch}; best validation accuracy {best[0][0]:.4f} "
                 f"at epoch {best[1]}")
             break
-    seconds = time.perf_counter() - start
     model.load_state_dict(best[2])
-    model.eval()
-    metrics = classification_report(
-        y_va.numpy(), predict_logits(model, X_va.numpy()).argmax(1), pixels.classes
-    )
-    metrics["train_accuracy"] = float(
-        (predict_logits(model, X_tr.numpy()).argmax(1) == y_tr.numpy()).mean()
-    )
-    metrics["split"] = config.split
-    if hasattr(model, "index_importance") and len(val_idx):
-        # Which first-layer indices each class's logit relies on (for `ndgeo formula`).
-        metrics["index_importance"] = np.asarray(model.index_importance(X_va)).tolist()
-    return TrainResult(
-        model=model.cpu(), config=config, history=history, metrics=metrics,
-        train_seconds=round(seconds, 3), n_parameters=int(model.n_parameters()),
-        classes=list(pixels.classes), bands=list(pixels.bands), train_idx=train_idx,
-        val_idx=val_idx, best_epoch=best[1], init_pairs=init_pairs,
-    )
+    return history, best[1]
 
 
 def compare_models(
     pixels: TrainingPixels,
     config: TrainConfig | None = None,
     *,
+    compare: bool = True,
+    budgets: Sequence[int | None] = (),
     progress: Callable[[int, int, dict], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[TrainResult]:
-    """Train the ND model and the MLP baseline on the same split: ``[nd_result, mlp_result]``."""
+    """Train ``config``'s model and, on the same split and recipe, the MLP baseline
+    (``compare``) and ND models with other band budgets (``budgets``; None = no budget):
+    ``[result, mlp_result?, budget results...]``."""
     config = config or TrainConfig()
     split = split_pixels(pixels, config.split, config.val_fraction, config.block_size,
                          config.seed)
-    return [
-        train_model(pixels, replace(config, model=kind), split=split, progress=progress, log=log)
-        for kind in ("nd", "mlp")
-    ]
+    variants = [config]
+    if compare:
+        variants.append(replace(config, model="mlp"))
+    if config.model == "nd":
+        variants += [replace(config, max_bands=b, refit=False) for b in budgets
+                     if b != config.max_bands]
+    return [train_model(pixels, c, split=split, progress=progress if i == 0 else None, log=log)
+            for i, c in enumerate(variants)]
 
 
-def _build(config: TrainConfig, X: torch.Tensor, y: torch.Tensor, n_classes: int, say):
+def _build(config: TrainConfig, X: torch.Tensor, y: torch.Tensor, n_classes: int, say,
+           bands=None):
     """The untrained model, with data-dependent scaling and initialisation applied."""
+    say = say or (lambda _msg: None)
     n_bands = X.shape[1]
     if config.model == "mlp":
         model = MLP(n_bands, n_classes, hidden=config.mlp_hidden)
@@ -290,6 +437,7 @@ def _build(config: TrainConfig, X: torch.Tensor, y: torch.Tensor, n_classes: int
     model = NDClassifier(
         n_bands, n_classes, n_indices=config.n_indices, depth=config.depth,
         pairwise=config.pairwise, eps=config.eps, head_norm=config.head_norm,
+        head_hidden=config.head_hidden, max_bands=config.max_bands,
     )
     if config.band_scale == "median":
         model.fit_band_scale(X)
@@ -300,8 +448,10 @@ def _build(config: TrainConfig, X: torch.Tensor, y: torch.Tensor, n_classes: int
         except ValueError as exc:
             say(f"band-pair initialisation skipped ({exc}); using random jitter")
         else:
-            say("initial indices from band pairs: " + ", ".join(f"{i + 1}/{j + 1}"
-                                                                 for i, j in pairs))
+            names = [b.name for b in bands] if bands else None
+            say("initial indices from band pairs: " + ", ".join(
+                f"({names[i]}, {names[j]})" if names else f"({i + 1}, {j + 1})"
+                for i, j in pairs))
     return model, pairs
 
 
@@ -311,6 +461,8 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
         # often ~0.1: it needs ~10x larger weights, and at head_lr it sat at chance accuracy
         # until early stopping (crop/grassland sample, 4 of 6 seeds with head_norm="affine").
         head_lr = config.head_lr if config.head_norm == "batchnorm" else config.lr
+        if config.schedule == "plateau" and config.head_norm == "batchnorm":
+            head_lr = 1e-3  # that recipe's head rate
         groups = [
             {"params": model.nd_parameters(), "lr": config.lr, "weight_decay": 0.0},
             {"params": model.head_parameters(), "lr": head_lr,
@@ -356,6 +508,7 @@ def train(
     config: TrainConfig | None = None,
     *,
     compare: bool = False,
+    budgets: Sequence[int | None] = (),
     report_path: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int, dict], None] | None = None,
@@ -364,7 +517,8 @@ def train(
 ) -> TrainRun:
     """The whole ``ndgeo train`` job: labelled pixels of ``scenes`` (``(image, labels)``
     pairs; ``label_options`` go to :func:`ndgeo.io.labels.load_many`), the model (and with
-    ``compare`` the MLP baseline on the same split), the model file at ``out_path`` and a PNG
+    ``compare`` the MLP baseline, with ``budgets`` ND models of other band budgets, on the same
+    split; only the first model is saved), the model file at ``out_path`` and a PNG
     report at ``report_path`` (None: none). The CLI, ``ndgeo demo`` and tests call this."""
     from ndgeo.checkpoint import save_model
     from ndgeo.io.labels import load_many
@@ -376,8 +530,9 @@ def train(
         report_path = Path(check_output(report_path, overwrite=overwrite))
     pixels = load_many(list(scenes), seed=config.seed, **label_options)
     say(pixels.describe())
-    if compare:
-        results = compare_models(pixels, config, progress=progress, log=log)
+    if compare or budgets:
+        results = compare_models(pixels, config, compare=compare, budgets=budgets,
+                                 progress=progress, log=log)
     else:
         results = [train_model(pixels, config, progress=progress, log=log)]
     save_model(out_path, results[0].model, results[0].metadata(), overwrite=overwrite)

@@ -1,0 +1,144 @@
+"""ND model heads and band budgets (issue 10): invariance for every head, band-major inference
+for every head, exact formulas of budgeted models, budget recovery of the designed index."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from typer.testing import CliRunner
+
+from ndgeo.bands import Band
+from ndgeo.checkpoint import load_model
+from ndgeo.cli import app
+from ndgeo.config import TrainConfig
+from ndgeo.formula import evaluate, formulas_from_coefficients, to_plain
+from ndgeo.io.labels import pixels_from_arrays
+from ndgeo.nn import NDClassifier
+from ndgeo.nn.inference import band_major
+from ndgeo.training.classifier import train_model
+
+runner = CliRunner()
+HEADS = [dict(head_hidden=()), dict(head_hidden=(16,)), dict(head_hidden=(16, 8)),
+         dict(head_hidden=(8,), depth=2), dict(head_hidden=(8,), max_bands=2)]
+
+
+def _fitted(kw, seed=0):
+    torch.manual_seed(seed)
+    model = NDClassifier(6, 3, n_indices=4, **kw)
+    x = torch.rand(512, 6) + 0.05
+    model.fit_band_scale(x)
+    if model.max_bands:
+        model.prune()
+    model.train()
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        for _ in range(5):
+            model(x * torch.rand(1, 6) * 3)
+    return model.eval(), x
+
+
+@pytest.mark.parametrize("kw", HEADS, ids=lambda kw: str(kw))
+def test_whole_model_is_invariant_to_a_common_factor_for_every_head(kw):
+    model, x = _fitted(kw)
+    with torch.no_grad():
+        reference = model(x)
+        for factor in (1e-3, 1e-2, 0.7, 10.0, 1e3):
+            assert torch.allclose(model(x * factor), reference, atol=1e-3), factor
+
+
+@pytest.mark.parametrize("kw", HEADS, ids=lambda kw: str(kw))
+def test_band_major_equals_model_for_every_head(kw):
+    model, x = _fitted(kw, seed=1)
+    fast = band_major(model)
+    with torch.no_grad():
+        np.testing.assert_allclose(fast(x.T.contiguous()).T, model(x), atol=1e-4)
+        np.testing.assert_allclose(fast.indices(x.T.contiguous()).T, model.indices(x),
+                                   atol=1e-5)
+
+
+def test_budget_masks_are_exact_and_survive_a_round_trip(tmp_path):
+    from ndgeo.checkpoint import save_model
+
+    model, x = _fitted(dict(max_bands=2, head_hidden=(8,)))
+    alpha, beta = model.nd_layers[0].coefficients()
+    assert ((alpha > 0).sum(1) <= 2).all() and ((beta > 0).sum(1) <= 2).all()
+    path = tmp_path / "m.safetensors"
+    save_model(path, model, {"bands": [{"name": f"b{i}", "letter": None} for i in range(6)],
+                             "classes": [{"id": i, "name": str(i)} for i in range(3)]})
+    loaded, _ = load_model(path)
+    with torch.no_grad():
+        np.testing.assert_array_equal(loaded(x), model(x))
+    assert loaded.n_parameters() == model.n_parameters()
+
+
+def test_budgeted_formulas_reproduce_the_indices_exactly():
+    """With a band budget nothing is dropped: the exported formula *is* the index."""
+    model, x = _fitted(dict(max_bands=2))
+    bands = [Band(f"b{i}", None) for i in range(6)]
+    coeffs = model.index_coefficients([b.name for b in bands])
+    formulas = formulas_from_coefficients(coeffs, bands, threshold=0.0, precision=12)
+    arrays = {b.name: x[:, i].double().numpy() for i, b in enumerate(bands)}
+    with torch.no_grad():
+        expected = model.indices(x).double().numpy()
+    for k, f in enumerate(formulas):
+        assert f.dropped == 0 and len(f.positive) <= 2 and len(f.negative) <= 2
+        expression = to_plain(f).split(" = ", 1)[1]
+        np.testing.assert_allclose(evaluate(expression, arrays), expected[:, k], atol=1e-6)
+
+
+def test_max_bands_one_recovers_nir_against_red_edge(sample_scene, tmp_path):
+    """One index with at most one band per side on crop vs grassland: N (or N2) against RE1,
+    weight ratio within 10% of the designed 2."""
+    truth = sample_scene.truth["separating_index"]
+    ids = {c["name"]: c["id"] for c in sample_scene.truth["classes"]}
+    with rasterio.open(sample_scene.labels_raster) as src:
+        labels, profile = src.read(1), src.profile
+    keep = [ids[name] for name in truth["classes"]]
+    two = tmp_path / "two.tif"
+    with rasterio.open(two, "w", **profile) as dst:
+        dst.write(np.where(np.isin(labels, keep), labels, 0).astype("uint8"), 1)
+    out = tmp_path / "nd1.safetensors"
+    result = runner.invoke(app, ["-q", "train", str(sample_scene.image), str(two), "-o", str(out),
+                                 "--indices", "1", "--max-bands", "1", "--head", "linear",
+                                 "--head-norm", "none", "--epochs", "40", "--no-report",
+                                 "--no-budget-table"])
+    assert result.exit_code == 0, result.output
+    model, meta = load_model(out)
+    names = [b["name"] for b in meta["bands"]]
+    (coeff,) = model.index_coefficients(names)
+    sides = [coeff["positive"], coeff["negative"]]
+    assert all(len(side) == 1 for side in sides), coeff
+    nir = next(s for s in sides if set(s) & {"B08", "B8A"})
+    red_edge = next(s for s in sides if s is not nir)
+    assert set(red_edge) == {"B05"}, coeff
+    ratio = red_edge["B05"] / next(iter(nir.values()))
+    assert 0.9 * 2.0 <= ratio <= 1.1 * 2.0, coeff
+    assert meta["metrics"]["overall_accuracy"] >= 0.95
+
+
+def test_compare_prints_both_parameter_counts(sample_scene, tmp_path):
+    out = tmp_path / "c.safetensors"
+    result = runner.invoke(app, ["train", str(sample_scene.image), str(sample_scene.labels_raster),
+                                 "-o", str(out), "--epochs", "3", "--no-report", "--compare"])
+    assert result.exit_code == 0, result.output
+    rows = {m.group(1): int(m.group(2)) for m in re.finditer(
+        r"^│ (nd|mlp)\s+│[^│]+│[^│]+│[^│]+│ (\d+)\s+│", result.stdout, re.M)}
+    nd, meta = load_model(out)
+    assert rows["nd"] == nd.n_parameters() and rows["mlp"] > 0
+
+
+def test_permutation_importance_finds_the_index_that_matters():
+    """Class = sign of (b0 - b1)/(b0 + b1); a 2-index model whose first index is that ND
+    relies on it, not on the other index, whatever its head."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.05, 1.0, (600, 3)).astype("float32")
+    y = np.where(x[:, 0] > x[:, 1], "a", "b")
+    pixels = pixels_from_arrays(x, y, ["b0", "b1", "b2"])
+    result = train_model(pixels, TrainConfig(n_indices=2, epochs=20, split="random",
+                                             refit=False, device="cpu"))
+    assert result.metrics["overall_accuracy"] >= 0.95
+    cost = np.array(result.metrics["index_accuracy_cost"])
+    assert cost.max() > 0.2 and cost.min() < 0.05
