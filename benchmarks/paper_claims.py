@@ -333,7 +333,10 @@ def report(results: list[dict], quick: bool, meta: dict) -> str:
         ["dataset", "model", "seeds", "params", "of MLP (64,32)", "accuracy %", "macro-F1 %",
          "train s", "drop band 10%", "drop global 10%", "drop band 20%"], rows))
 
-    out += ["", "## Claims: met or not", ""]
+    out += ["", "## Claims: met or not", "",
+            "Data on which every model scores ~100% cannot show an accuracy gap; the real-scene "
+            "comparison (Indian Pines, strong MLP sweep, random forest) is "
+            "`benchmarks/real_scenes.py` (benchmarks/results/real_scenes.md).", ""]
     rows = []
     for name in DATASETS:
         nd = by[("main", name, "ND d1")]
@@ -345,8 +348,12 @@ def report(results: list[dict], quick: bool, meta: dict) -> str:
             ratio = nd[0]["params"] / mlp[0]["params"]
             nd_drop = _mean([r["drops"]["band"][0.1] for r in nd])
             mlp_drop = _mean([r["drops"]["band"][0.1] for r in mlp])
+            easy = min(_mean([r["accuracy"] for r in nd]),
+                       _mean([r["accuracy"] for r in mlp])) >= 0.995
+            verdict = ("not informative (both >= 99.5%)" if easy
+                       else "yes" if gap >= -1 else "NO")
             rows.append([
-                name, base, f"{gap:+.2f}", "yes" if gap >= -1 else "NO",
+                name, base, f"{gap:+.2f}", verdict,
                 f"{100 * ratio:.1f}%", "yes" if ratio <= 0.25 else "NO",
                 f"{nd_drop:.2f} vs {mlp_drop:.2f}", "yes" if nd_drop < mlp_drop else "NO",
             ])

@@ -12,6 +12,7 @@ from ndgeo.cli.app import app, console, is_quiet
 from ndgeo.cli.apply import run_command
 from ndgeo.cli.options import parse_list
 from ndgeo.cli.present import print_json, step_progress
+from ndgeo.cli.train import given
 from ndgeo.config import SIGMA_RULE, DenoiseConfig
 from ndgeo.errors import NdgeoError
 
@@ -22,7 +23,7 @@ app.add_typer(denoise_app, name="denoise")
 @denoise_app.command("train")
 def denoise_train(
     ctx: typer.Context,
-    images: list[Path] = typer.Argument(..., help="Clean training GeoTIFFs (same band names)."),
+    images: list[str] = typer.Argument(..., help="Clean training rasters (same band names; any GDAL dataset name)."),
     out: Path = typer.Option(..., *opt.OUTPUT, help="Denoiser file to write (.safetensors)."),
     backbone: str = typer.Option("dncnn", "--backbone", help="dncnn, transformer (window attention) or ne-arch (equivariant by construction, never wrapped)."),
     wne: bool = typer.Option(True, "--wne/--no-wne", help="Wrap the backbone in WNE (default) or train it unwrapped (baseline)."),
@@ -48,7 +49,12 @@ def denoise_train(
     from ndgeo.io.writer import check_output
     from ndgeo.training.denoiser import train_denoiser
 
-    check_output(out, overwrite=overwrite)
+    if backbone == "ne-arch" and given(ctx, "wne", "pooling"):
+        raise NdgeoError(f"{', '.join(given(ctx, 'wne', 'pooling'))} do not apply to --backbone "
+                         "ne-arch (equivariant by construction, never wrapped)")
+    if not wne and given(ctx, "pooling"):
+        raise NdgeoError("--pooling sets the WNE statistics; with --no-wne there are none")
+    check_output(out, overwrite=overwrite, inputs=images)
     infos = [open_raster(p, bands=parse_list(bands), sensor=sensor, nodata=nodata) for p in images]
     config = DenoiseConfig(
         backbone=backbone, sigma=sigma, wne=wne, pooling=pooling, patch=patch, steps=steps,
@@ -71,7 +77,7 @@ def denoise_train(
 def denoise_apply(
     ctx: typer.Context,
     denoiser: Path = typer.Argument(..., help="Denoiser file written by `ndgeo denoise train`."),
-    image: Path = typer.Argument(..., help="Input GeoTIFF (any size)."),
+    image: str = opt.IMAGE,
     out: Path = typer.Option(..., *opt.OUTPUT, help="Output GeoTIFF."),
     dtype: str = typer.Option("same", "--dtype", help="Output pixel type: same (input type, rounded and clipped) or e.g. float32 (exact values)."),
     device: str = opt.DEVICE,
@@ -104,7 +110,7 @@ def denoise_apply(
 @denoise_app.command("evaluate")
 def denoise_evaluate(
     denoiser: Path = typer.Argument(..., help="Denoiser file written by `ndgeo denoise train`."),
-    image: Path = typer.Argument(..., help="A clean GeoTIFF (read into memory: use a crop of large scenes)."),
+    image: str = typer.Argument(..., help="A clean raster (read into memory: use a crop of large scenes)."),
     sigmas: str = typer.Option("0.5x,1x,2x,5x", "--sigmas", help="Test noise levels, comma-separated: Sx = S x the training sigma, S% of the denoiser's data range, or data units."),
     draws: int = typer.Option(3, "--draws", help="Noise draws per level (PSNR averaged)."),
     seed: int = typer.Option(0, "--seed", help="Noise seed."),

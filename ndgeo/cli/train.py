@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -24,7 +25,7 @@ from ndgeo.errors import NdgeoError
 _DEFAULTS = TrainConfig()
 
 
-def _scenes(image: Path | None, labels: Path | None, scene: list[str] | None,
+def _scenes(image: str | None, labels: str | None, scene: list[str] | None,
             manifest: Path | None) -> list[tuple[Path, Path]]:
     pairs: list[tuple[Path, Path]] = []
     if image is not None:
@@ -35,7 +36,7 @@ def _scenes(image: Path | None, labels: Path | None, scene: list[str] | None,
         img, sep, lab = item.partition(",")
         if not sep:
             raise NdgeoError(f"--scene expects IMAGE,LABELS, got {item!r}")
-        pairs.append((Path(img), Path(lab)))
+        pairs.append((img, lab))
     if manifest is not None:
         from ndgeo.io.labels import read_manifest
 
@@ -82,8 +83,8 @@ def _check_train_options(ctx: typer.Context, *, model: str, split: str) -> None:
 @app.command()
 def train(
     ctx: typer.Context,
-    image: Path | None = typer.Argument(None, help="Multispectral GeoTIFF."),
-    labels: Path | None = typer.Argument(None, help="Labels: class raster (0 = unlabeled) or vector file (GeoPackage, Shapefile, GeoJSON)."),
+    image: str | None = typer.Argument(None, help="Multispectral raster (any GDAL dataset name)."),
+    labels: str | None = typer.Argument(None, help="Labels: class raster (0 = unlabeled) or vector file (GeoPackage, Shapefile, GeoJSON)."),
     out: Path = typer.Option(..., "-o", "--output", help="Model file to write (.safetensors)."),
     scene: list[str] | None = typer.Option(None, "--scene", help="Another IMAGE,LABELS pair (repeatable)."),
     manifest: Path | None = typer.Option(None, "--manifest", help="CSV (image,labels per line) or TOML (\\[\\[scene]] image=, labels=) listing scenes."),
@@ -305,8 +306,8 @@ def _gdal_calc_options(meta: dict, image: str | None, band_names: str | None,
 def evaluate(
     ctx: typer.Context,
     model: Path = typer.Argument(..., help="Model file written by `ndgeo train`."),
-    image: Path = typer.Argument(..., help="Multispectral GeoTIFF."),
-    labels: Path = typer.Argument(..., help="Labels (class raster or vector file) with the model's class names."),
+    image: str = typer.Argument(..., help="Multispectral raster (any GDAL dataset name)."),
+    labels: str = typer.Argument(..., help="Labels (class raster or vector file) with the model's class names."),
     label_field: str = typer.Option("class", "--label-field", help="Attribute holding the class of vector labels."),
     band_names: str | None = opt.BAND_NAMES,
     sensor: str | None = opt.SENSOR,
@@ -345,6 +346,6 @@ def evaluate(
     if as_json:
         print_json(result)
         return
-    print_metrics(result, classes, f"{image.name}")
+    print_metrics(result, classes, os.path.basename(image))
     if noise_levels:
         print_noise_table(result["noise"], noise_mode)

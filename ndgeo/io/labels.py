@@ -21,7 +21,9 @@ order, counted in ``TrainingPixels.excluded``):
 from __future__ import annotations
 
 import csv
+import json
 import math
+import os
 import tomllib
 import warnings
 from collections.abc import Mapping, Sequence
@@ -51,7 +53,7 @@ from ndgeo.io.raster import (
     to_physical,
 )
 from ndgeo.io.tiles import plan_windows, tile_window, tiles_touched
-from ndgeo.io.writer import read_classes
+from ndgeo.io.writer import ClassInfo, read_classes
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2"}
 EXCLUSION_REASONS = ("nodata", "nonfinite", "negative", "zero")
@@ -80,6 +82,10 @@ class TrainingPixels:
     pixels_read: int = 0
     subsampled_from: int | None = None
     warnings: list[str] = field(default_factory=list)
+    #: Per class, in ``classes`` order: the value class maps write, its name and colour (from
+    #: the label raster's values and colour table, integer fields or a ``--classes`` file;
+    #: :func:`default_class_info` when empty).
+    class_info: list[ClassInfo] = field(default_factory=list)
 
     @property
     def scene_id(self) -> str:
@@ -99,9 +105,15 @@ class TrainingPixels:
     def __len__(self) -> int:
         return len(self.y)
 
+    def classes_info(self) -> list[ClassInfo]:
+        """:attr:`class_info`, or the defaults (values 1..n, colours by name)."""
+        return list(self.class_info) or default_class_info(self.classes)
+
     def describe(self) -> str:
         """One readable line: pixels, bands by name, classes, what was excluded."""
-        classes = ", ".join(f"{k} {n}" for k, n in self.class_counts.items())
+        values = {c.name: c.value for c in self.classes_info()}
+        classes = ", ".join(f"{k} (value {values.get(k, '?')}) {n}"
+                            for k, n in self.class_counts.items())
         dropped = ", ".join(f"{k} {n}" for k, n in self.excluded.items() if n)
         text = (f"{len(self)} labelled pixels from {', '.join(self.scene_ids)}; "
                 f"{len(self.bands)} bands {', '.join(b.name for b in self.bands)}; "
@@ -121,6 +133,7 @@ class TrainingPixels:
             "n_pixels": len(self),
             "bands": [b.name for b in self.bands],
             "class_counts": self.class_counts,
+            "class_values": {c.name: c.value for c in self.classes_info()},
             "excluded": dict(self.excluded),
             "clipped_negative": self.clipped,
             "pixels_read": self.pixels_read,
@@ -147,6 +160,8 @@ class _Scene:
     n_valid: int
     warnings: list[str]
     value_names: dict[int, str] = field(default_factory=dict)
+    #: RGB of label raster values (its colour table).
+    value_colors: dict[int, tuple[int, int, int]] = field(default_factory=dict)
 
 
 def load_training_pixels(
@@ -161,6 +176,7 @@ def load_training_pixels(
     negative: str = "clip",
     classes: Sequence[str] | None = None,
     class_names: Mapping[int, str] | None = None,
+    class_table: Sequence[ClassInfo] | str | Path | None = None,
     max_pixels: int | None = None,
     min_class_pixels: int = 10,
     seed: int = 0,
@@ -177,6 +193,13 @@ def load_training_pixels(
     values (raster labels or integer fields); a label raster's ``CLASSES`` tag (JSON
     ``{"1": "crop"}``, as written by ``ndgeo sample``) names them too. ``max_pixels`` keeps a
     uniform random sample of that size, drawn while reading so memory stays bounded.
+
+    Each class keeps a value (what class maps write) and a colour (``TrainingPixels.
+    class_info``): a label raster's own values and colour table; an integer field's integers;
+    string classes get 1..n in name order. ``class_table`` (a ``--classes`` file or
+    :class:`ClassInfo` list, :func:`read_class_table`) sets values, names and colours: labels
+    match its entries by value or by name, and a label it does not list is an error. Classes are
+    ordered by value. Colours default to :func:`default_color`.
     """
     return load_many(
         [(image_path, labels_path)],
@@ -188,6 +211,7 @@ def load_training_pixels(
         negative=negative,
         classes=classes,
         class_names=class_names,
+        class_table=class_table,
         max_pixels=max_pixels,
         min_class_pixels=min_class_pixels,
         seed=seed,
@@ -207,6 +231,7 @@ def load_many(
     negative: str = "clip",
     classes: Sequence[str] | None = None,
     class_names: Mapping[int, str] | None = None,
+    class_table: Sequence[ClassInfo] | str | Path | None = None,
     max_pixels: int | None = None,
     min_class_pixels: int = 10,
     seed: int = 0,
@@ -225,12 +250,14 @@ def load_many(
         raise NdgeoError(f"negative must be 'clip' or 'exclude', got {negative!r}")
     if max_pixels is not None and max_pixels < 1:
         raise NdgeoError(f"max_pixels must be positive, got {max_pixels}")
+    if isinstance(class_table, str | Path):
+        class_table = read_class_table(class_table)
     rng = np.random.default_rng(seed)
     scenes: list[_Scene] = []
     ref_bands: list[Band] | None = None
     for image_path, labels_path in pairs:
         scene = _read_scene(
-            Path(image_path), Path(labels_path), label_field=label_field,
+            _dataset(image_path), _dataset(labels_path), label_field=label_field,
             bands=bands if ref_bands is None else [b.letter or b.name for b in ref_bands],
             band_names=band_names, sensor=sensor, nodata=nodata, negative=negative,
             max_pixels=max_pixels, rng=rng, scale=scale, offset=offset,
@@ -238,8 +265,8 @@ def load_many(
         ref_bands = ref_bands or scene.bands
         scenes.append(scene)
     return _merge(
-        scenes, [Path(p[0]) for p in pairs], classes=classes, class_names=class_names,
-        max_pixels=max_pixels, min_class_pixels=min_class_pixels,
+        scenes, [_dataset(p[0]) for p in pairs], classes=classes, class_names=class_names,
+        class_table=class_table, max_pixels=max_pixels, min_class_pixels=min_class_pixels,
     )
 
 
@@ -268,6 +295,16 @@ def pixels_from_arrays(
         scene=np.zeros(n, np.int64), classes=classes,
         bands=resolve_bands(list(band_names), sensor=sensor), scene_ids=[scene_id],
     )
+
+
+def _dataset(path: str | Path) -> str | Path:
+    """A local path as a Path; a GDAL dataset name (URL, /vsi...) untouched (Path would fold
+    the ``//`` of ``http://``)."""
+    return str(path) if is_remote(str(path)) else Path(path)
+
+
+def _base(path: str | Path) -> str:
+    return os.path.basename(str(path))
 
 
 def read_manifest(path: str | Path) -> list[tuple[Path, Path]]:
@@ -303,28 +340,33 @@ def read_manifest(path: str | Path) -> list[tuple[Path, Path]]:
             rows.append((cells[0], cells[1]))
     if not rows:
         raise NdgeoError(f"manifest {path} lists no scenes")
-    return [(base / img, base / lab) for img, lab in rows]
+    def resolve(name: str):  # GDAL dataset names (URLs, /vsi...) stay as they are
+        return name if is_remote(name) else base / name
+
+    return [(resolve(img), resolve(lab)) for img, lab in rows]
 
 
 # -- one scene -------------------------------------------------------------------------------
 
 
 def _read_scene(
-    image_path: Path, labels_path: Path, *, label_field: str, bands, band_names, sensor,
+    image_path: str | Path, labels_path: str | Path, *, label_field: str, bands, band_names,
+    sensor,
     nodata, negative: str, max_pixels: int | None, rng: np.random.Generator,
     scale: float | None = None, offset: float | None = None,
 ) -> _Scene:
     info = open_raster(image_path, bands=band_names, sensor=sensor, nodata=nodata, scale=scale,
                        offset=offset, what="image")
-    if not labels_path.exists() and not is_remote(str(labels_path)):
+    if not is_remote(str(labels_path)) and not Path(labels_path).exists():
         raise NdgeoError(f"labels not found: {labels_path}")
     positions = select_bands(bands, info.bands) if bands else list(range(info.count))
     chosen = [info.bands[i] for i in positions]
     acc = _Accumulator(max_pixels, rng)
     with open_dataset(info.path) as src:
         reader = _PixelReader(src, info, positions, negative)
-        if labels_path.suffix.lower() in RASTER_SUFFIXES:
-            tiles, value_names, notes = _raster_label_tiles(src, labels_path)
+        value_colors: dict[int, tuple[int, int, int]] = {}
+        if os.path.splitext(str(labels_path))[1].lower() in RASTER_SUFFIXES:
+            tiles, value_names, notes, value_colors = _raster_label_tiles(src, labels_path)
             keys = None
         else:
             tiles, keys, notes = _vector_label_tiles(src, labels_path, label_field)
@@ -343,7 +385,7 @@ def _read_scene(
     return _Scene(
         *acc.result(), keys=keys, bands=chosen, excluded=reader.excluded,
         clipped=reader.clipped, pixels_read=reader.pixels_read, labelled=reader.labelled,
-        n_valid=acc.seen, warnings=notes, value_names=value_names,
+        n_valid=acc.seen, warnings=notes, value_names=value_names, value_colors=value_colors,
     )
 
 
@@ -457,13 +499,18 @@ def _raster_label_tiles(src, labels_path: Path):
             vrt = WarpedVRT(lab, src_crs=label_crs, crs=src.crs, transform=src.transform,
                             width=src.width, height=src.height, resampling=Resampling.nearest,
                             nodata=fill)
-            notes.append(f"label raster {labels_path.name} warped onto the image grid (nearest)")
+            notes.append(f"label raster {_base(labels_path)} warped onto the image grid (nearest)")
     reader = vrt or lab
     if not np.issubdtype(np.dtype(lab.dtypes[0]), np.integer):
-        notes.append(f"label raster {labels_path.name} is {lab.dtypes[0]}; values are truncated")
+        notes.append(f"label raster {_base(labels_path)} is {lab.dtypes[0]}; values are truncated")
     declared, unread = read_classes(lab)
     notes += unread
     value_names = {c.value: c.name for c in declared}
+    try:
+        value_colors = {int(v): tuple(int(x) for x in rgba[:3])
+                        for v, rgba in lab.colormap(1).items() if len(rgba) < 4 or rgba[3]}
+    except ValueError:  # no colour table
+        value_colors = {}
     # A NaN nodata needs no entry: non-finite label values become 0 (unlabelled) when read.
     unlabeled = {0} | ({int(lab.nodata)} if lab.nodata is not None and lab.nodata == lab.nodata
                        else set())
@@ -480,7 +527,7 @@ def _raster_label_tiles(src, labels_path: Path):
                 vrt.close()
             lab.close()
 
-    return tiles(), value_names, notes
+    return tiles(), value_names, notes, value_colors
 
 
 # -- vector labels ---------------------------------------------------------------------------
@@ -516,7 +563,7 @@ def _vector_label_tiles(src, labels_path: Path, label_field: str):
     geoms, values = geoms[valid], np.asarray(values, dtype=object)[valid]
     label_crs = CRS.from_user_input(info["crs"]) if info["crs"] else None
     if label_crs is None:
-        notes.append(f"{labels_path.name} has no CRS; assuming the image CRS")
+        notes.append(f"{_base(labels_path)} has no CRS; assuming the image CRS")
     else:
         label_crs = _compatible_crs(label_crs, src.crs, labels_path, notes)
         if label_crs != src.crs:
@@ -614,8 +661,8 @@ def _compatible_crs(label_crs: CRS, image_crs: CRS, labels_path: Path, notes: li
         return image_crs
     sig = _projection_signature(label_crs)
     if sig is not None and sig == _projection_signature(image_crs):
-        msg = (f"labels {labels_path.name} CRS {label_crs.to_string()} differs from the image CRS "
-               f"{image_crs.to_string()} only by datum realisation; treated as the same")
+        msg = (f"labels {_base(labels_path)} CRS {label_crs.to_string()} differs from the "
+               f"image CRS {image_crs.to_string()} only by datum realisation; treated as the same")
         warnings.warn(msg, stacklevel=4)
         notes.append(msg)
         return image_crs
@@ -636,22 +683,40 @@ def _check_overlap(bounds, src, labels_path: Path) -> None:
 
 
 def _merge(scenes: list[_Scene], images: list[Path], *, classes, class_names, max_pixels,
-           min_class_pixels) -> TrainingPixels:
-    names: list[list[str]] = []
+           min_class_pixels, class_table=None) -> TrainingPixels:
+    table = list(class_table or [])
+    table_names = {c.value: c.name for c in table}
+    names: list[dict[int, str]] = []
+    found: dict[str, list] = {}  # class name -> [value or None, colour or None]
+    notes: list[str] = []
     for s in scenes:
         keys = s.keys
         if keys is None:  # raster labels: the codes are the class values
             keys = {int(v): int(v) for v in np.unique(s.codes)}
-        names.append({int(c): _name(k, {**s.value_names, **(class_names or {})})
-                      for c, k in keys.items()})
-    all_names = sorted({n for m in names for n in m.values()}, key=_name_order)
+        lookup = {**s.value_names, **(class_names or {}), **table_names}
+        m: dict[int, str] = {}
+        for code, key in keys.items():
+            name = m[int(code)] = _name(key, lookup)
+            value = key if isinstance(key, int) else None
+            entry = found.setdefault(name, [value, None])
+            if entry[0] is None:
+                entry[0] = value
+            elif value is not None and value != entry[0]:
+                notes.append(f"class {name!r} has value {value} in one scene and {entry[0]} in "
+                             f"another; class maps write {entry[0]}")
+            if entry[1] is None and value is not None:
+                entry[1] = s.value_colors.get(value)
+        names.append(m)
+    all_names = sorted(found, key=_name_order)
+    info: list[ClassInfo] = []
     if classes is not None:
         class_list = [str(c) for c in classes]
         unknown = sorted(set(all_names) - set(class_list), key=_name_order)
         if unknown:
             raise NdgeoError(f"label classes {unknown} are not among the classes {class_list}")
     else:
-        class_list = all_names
+        info = _class_values(found, table, notes)
+        class_list = [c.name for c in info]
     lookup = {n: i for i, n in enumerate(class_list)}
     ys = []
     for s, m in zip(scenes, names, strict=True):
@@ -684,7 +749,7 @@ def _merge(scenes: list[_Scene], images: list[Path], *, classes, class_names, ma
         bands=scenes[0].bands, scene_ids=ids, excluded=excluded,
         clipped=sum(s.clipped for s in scenes), pixels_read=sum(s.pixels_read for s in scenes),
         subsampled_from=total if total > len(y) else None,
-        warnings=[w for s in scenes for w in s.warnings],
+        warnings=[w for s in scenes for w in s.warnings] + notes, class_info=info,
     )
     small = pixels.small_classes(min_class_pixels)
     if small:
@@ -693,6 +758,181 @@ def _merge(scenes: list[_Scene], images: list[Path], *, classes, class_names, ma
             + ", ".join(f"{k} ({pixels.class_counts[k]})" for k in small)
         )
     return pixels
+
+
+#: Largest class value a class map holds (uint16; 0 is nodata).
+MAX_CLASS_VALUE = 65535
+
+
+def _class_values(found: dict[str, list], table: list[ClassInfo],
+                  notes: list[str]) -> list[ClassInfo]:
+    """Value, name and colour of every class, ordered by value: a ``--classes`` table's entry,
+    else the label's own integer value, else the next free value from 1 (in name order)."""
+    listed = {c.name: c for c in table}
+    if table:
+        missing = sorted(set(found) - set(listed), key=_name_order)
+        if missing:
+            raise NdgeoError(
+                f"label class(es) {', '.join(map(repr, missing))} are not listed in --classes "
+                f"(it lists {', '.join(f'{c.value}={c.name}' for c in table)})"
+            )
+    values: dict[str, int] = {}
+    colors: dict[str, tuple[int, int, int] | None] = {}
+    used: set[int] = set()
+    pending: list[str] = []
+    for name in sorted(found, key=lambda n: (found[n][0] is None, found[n][0] or 0,
+                                             _name_order(n))):
+        value, color = found[name]
+        if name in listed:
+            value, color = listed[name].value, listed[name].color or color
+        colors[name] = color
+        if value is not None and 0 < value <= MAX_CLASS_VALUE and value not in used:
+            values[name] = value
+            used.add(value)
+        else:
+            if value is not None:
+                notes.append(f"class {name!r}: value {value} cannot be written to a class map "
+                             f"(0 is nodata, values are 1..{MAX_CLASS_VALUE}, each once); "
+                             "another value is used")
+            pending.append(name)
+    free = (v for v in range(1, MAX_CLASS_VALUE + 1) if v not in used)
+    for name in sorted(pending, key=_name_order):
+        values[name] = next(free)
+    ordered = sorted(values, key=values.get)
+    taken = {c for c in colors.values() if c is not None}
+    out = []
+    for i, name in enumerate(ordered):
+        color = colors[name] or default_color(name, i, taken)
+        taken.add(color)
+        out.append(ClassInfo(values[name], name, tuple(int(v) for v in color)))
+    return out
+
+
+#: Default class colours by what a class name says (checked in this order).
+_NAMED_COLOURS: tuple[tuple[tuple[str, ...], tuple[int, int, int]], ...] = (
+    (("water", "lake", "river", "sea", "ocean", "pond", "reservoir"), (40, 110, 210)),
+    (("wetland", "marsh", "swamp", "bog"), (100, 160, 190)),
+    (("snow", "ice", "glacier"), (235, 240, 250)),
+    (("cloud",), (190, 190, 190)),
+    (("forest", "tree", "wood", "conifer", "broadleaf"), (30, 110, 40)),
+    (("shrub", "bush", "scrub"), (140, 160, 60)),
+    (("grass", "meadow", "pasture", "prairie", "steppe"), (100, 190, 80)),
+    (("crop", "field", "agri", "cereal", "maize", "corn", "wheat", "rice", "arable"),
+     (230, 190, 40)),
+    (("built", "urban", "city", "town", "road", "building", "settlement", "impervious"),
+     (200, 50, 50)),
+    (("soil", "bare", "sand", "rock", "desert", "barren"), (150, 100, 60)),
+)
+#: Colours for other classes (matplotlib tab10 without its green, red and brown).
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (31, 119, 180), (255, 127, 14), (148, 103, 189), (227, 119, 194), (127, 127, 127),
+    (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120), (197, 176, 213),
+)
+
+
+def default_color(name: str, index: int = 0,
+                  taken: set[tuple[int, int, int]] | None = None) -> tuple[int, int, int]:
+    """A class colour from its name (water blue, forest dark green, crop yellow, built-up red,
+    bare soil brown, ...), else the first palette colour not ``taken`` (from ``index``)."""
+    taken = taken or set()
+    lower = name.lower()
+    for words, color in _NAMED_COLOURS:
+        if any(w in lower for w in words) and color not in taken:
+            return color
+    free = [c for c in PALETTE if c not in taken] or list(PALETTE)
+    return free[index % len(free)]
+
+
+def default_class_info(classes: Sequence[str]) -> list[ClassInfo]:
+    """Values 1..n in order and colours by name, for classes known only by name."""
+    taken: set[tuple[int, int, int]] = set()
+    out = []
+    for i, name in enumerate(classes):
+        color = default_color(str(name), i, taken)
+        taken.add(color)
+        out.append(ClassInfo(i + 1, str(name), color))
+    return out
+
+
+def read_class_table(path: str | Path) -> list[ClassInfo]:
+    """Class values, names and colours from a ``--classes`` file.
+
+    CSV: ``value,name[,color]`` lines (a header line naming the columns is skipped, ``#``
+    comments too); JSON: a list of ``{"value", "name", "color"}`` objects or an object
+    ``{"1": "crop"}`` / ``{"1": {"name": "crop", "color": "#e6be28"}}``. Colours are
+    ``#rrggbb`` or ``R G B`` (0-255); missing ones get the defaults.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NdgeoError(f"--classes file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    rows: list[tuple[object, object, object]] = []
+    if path.suffix.lower() == ".json":
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise NdgeoError(f"--classes {path} is not valid JSON: {exc}") from None
+        if isinstance(doc, dict):
+            for value, entry in doc.items():
+                entry = entry if isinstance(entry, dict) else {"name": entry}
+                rows.append((value, entry.get("name"), entry.get("color")))
+        elif isinstance(doc, list) and all(isinstance(e, dict) for e in doc):
+            rows = [(e.get("value"), e.get("name"), e.get("color")) for e in doc]
+        else:
+            raise NdgeoError(f"--classes {path}: expected a list of {{value, name, color}} "
+                             "objects or an object {value: name}")
+    else:
+        lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        for n, row in enumerate(csv.reader(lines), start=1):
+            cells = [c.strip() for c in row]
+            if n == 1 and cells and cells[0].lower() == "value":
+                continue
+            if len(cells) not in (2, 3):
+                raise NdgeoError(f"--classes {path}, line {n}: expected value,name[,color], "
+                                 f"got {row}")
+            rows.append((cells[0], cells[1], cells[2] if len(cells) == 3 else None))
+    out: list[ClassInfo] = []
+    for value, name, color in rows:
+        try:
+            number = int(str(value))
+        except ValueError:
+            raise NdgeoError(f"--classes {path}: class value {value!r} is not an integer") from None
+        if not 0 < number <= MAX_CLASS_VALUE:
+            raise NdgeoError(f"--classes {path}: class value {number} is outside "
+                             f"1..{MAX_CLASS_VALUE} (0 is nodata in class maps)")
+        if not name or not str(name).strip():
+            raise NdgeoError(f"--classes {path}: class value {number} has no name")
+        out.append(ClassInfo(number, str(name).strip(), _parse_color(color, path)))
+    if not out:
+        raise NdgeoError(f"--classes {path} lists no classes")
+    for attr in ("value", "name"):
+        seen = [getattr(c, attr) for c in out]
+        dup = sorted({str(v) for v in seen if seen.count(v) > 1})
+        if dup:
+            raise NdgeoError(f"--classes {path}: {attr}(s) {', '.join(dup)} listed twice")
+    return out
+
+
+def _parse_color(color, path: Path) -> tuple[int, int, int] | None:
+    if color is None or (isinstance(color, str) and not color.strip()):
+        return None  # type: ignore[return-value]
+    if isinstance(color, str):
+        text = color.strip()
+        if text.startswith("#") and len(text) == 7:
+            try:
+                return tuple(int(text[i:i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+            except ValueError:
+                pass
+        parts = text.replace(";", " ").split()
+    else:
+        parts = list(color) if isinstance(color, list | tuple) else []
+    try:
+        rgb = tuple(int(v) for v in parts)
+    except (TypeError, ValueError):
+        rgb = ()
+    if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+        raise NdgeoError(f"--classes {path}: cannot read colour {color!r}; use #rrggbb or R G B")
+    return rgb  # type: ignore[return-value]
 
 
 def _name(key: str | int, class_names: Mapping[int, str] | None) -> str:
@@ -709,8 +949,9 @@ def _name_order(name: str) -> tuple:
 def _scene_ids(images: list[Path]) -> list[str]:
     ids: list[str] = []
     for p in images:
-        sid, n = p.stem, 2
+        stem = os.path.splitext(_base(p))[0]
+        sid, n = stem, 2
         while sid in ids:
-            sid, n = f"{p.stem}_{n}", n + 1
+            sid, n = f"{stem}_{n}", n + 1
         ids.append(sid)
     return ids

@@ -1,0 +1,110 @@
+"""Any GDAL dataset name as input: a tiled GeoTIFF served over HTTP (with Range requests) by a
+server on 127.0.0.1 reads like the local file, through ``/vsicurl/`` and plain ``http://``."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from typer.testing import CliRunner
+
+from ndgeo.cli import app
+
+runner = CliRunner()
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files with HTTP Range support (``http.server`` alone ignores ``Range``)."""
+
+    def log_message(self, *args) -> None:  # quiet test output
+        pass
+
+    def send_head(self):
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return None
+        size = path.stat().st_size
+        match = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        start, end = (0, size - 1) if not match else (
+            int(match.group(1)), int(match.group(2) or size - 1))
+        end = min(end, size - 1)
+        self.send_response(206 if match else 200)
+        self.send_header("Content-Type", "image/tiff")
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(end - start + 1))
+        if match:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.end_headers()
+        f = path.open("rb")
+        f.seek(start)
+        self._remaining = end - start + 1
+        return f
+
+    def copyfile(self, source, outputfile) -> None:
+        outputfile.write(source.read(self._remaining))
+
+
+@pytest.fixture(scope="module")
+def served(sample_scene):
+    """(base URL, folder) of a loopback HTTP server over the sample scene's folder."""
+    folder = Path(sample_scene.image).parent
+
+    def handler(*args, **kwargs):
+        return _RangeHandler(*args, directory=str(folder), **kwargs)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    os.environ["GDAL_DISABLE_READDIR_ON_OPEN"] = "EMPTY_DIR"
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", folder
+    finally:
+        server.shutdown()
+
+
+def _read(path):
+    with rasterio.open(path) as src:
+        return src.read(), src.tags()
+
+
+@pytest.mark.parametrize("prefix", ["/vsicurl/", ""])
+def test_apply_over_http_equals_the_local_run(served, nd_model, tmp_path, prefix):
+    base, folder = served
+    name = "scene.tif"
+    local, remote = tmp_path / "local.tif", tmp_path / "remote.tif"
+    for image, out in ((folder / name, local), (f"{prefix}{base}/{name}", remote)):
+        result = runner.invoke(app, ["-q", "apply", str(nd_model.path), str(image), "-o",
+                                     str(out), "--chunk-size", "64"])
+        assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(_read(local)[0], _read(remote)[0])
+
+
+def test_index_and_train_read_remote_images(served, tmp_path):
+    base, folder = served
+    url = f"/vsicurl/{base}/scene.tif"
+    out = tmp_path / "ndvi.tif"
+    assert runner.invoke(app, ["-q", "index", url, "-o", str(out), "--name", "NDVI"]).exit_code == 0
+    local = tmp_path / "ndvi-local.tif"
+    assert runner.invoke(app, ["-q", "index", str(folder / "scene.tif"), "-o", str(local),
+                               "--name", "NDVI"]).exit_code == 0
+    np.testing.assert_array_equal(_read(out)[0], _read(local)[0])
+    model = tmp_path / "m.safetensors"
+    result = runner.invoke(app, ["-q", "train", url, f"/vsicurl/{base}/labels.tif", "-o",
+                                 str(model), "--epochs", "2", "--no-report"])
+    assert result.exit_code == 0, result.output
+
+
+def test_missing_remote_file_is_one_line_with_gdal_message(served, tmp_path):
+    base, _ = served
+    result = runner.invoke(app, ["apply", "x.safetensors", f"/vsicurl/{base}/nope.tif", "-o",
+                                 str(tmp_path / "o.tif")])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "nope.tif" in lines[0], result.output
