@@ -23,7 +23,10 @@ from ndgeo.io.raster import RasterInfo, any_positive, physical_scaling
 from ndgeo.io.writer import ClassInfo, classes_tag
 from ndgeo.nn.inference import argmax_rows, band_major, run_batched
 
-OUTPUTS = ("class", "proba", "indices")
+#: Products of ``apply --products``: class values, class probabilities, the learned indices,
+#: and per-pixel uncertainty: ``entropy`` of the probabilities (nats, 0..log C) and ``margin``
+#: (top-1 minus top-2 probability, 0..1; OTB's confidence map).
+OUTPUTS = ("class", "proba", "indices", "entropy", "margin")
 
 
 @dataclass
@@ -62,18 +65,27 @@ class ModelProcessor(Processor):
         outputs = list(dict.fromkeys(self.outputs))
         bad = [o for o in outputs if o not in OUTPUTS]
         if bad or not outputs:
-            raise NdgeoError(f"--output must be among {', '.join(OUTPUTS)}, got {bad or outputs}")
+            raise NdgeoError(f"--products must be among {', '.join(OUTPUTS)}, got "
+                             f"{', '.join(bad or outputs) or 'nothing'}")
+        if self.quantize_proba and outputs != ["proba"]:
+            raise NdgeoError(
+                f"--quantize writes probabilities as uint8 and applies to --products proba "
+                f"alone; with --products {','.join(outputs)} the bands are "
+                + ("stacked as float32" if len(outputs) > 1 else "not probabilities")
+                + ": drop --quantize or write proba to its own file"
+            )
         self.outputs = outputs
         kind = self.meta.get("config", {}).get("kind")
         if "indices" in outputs and kind != "nd":
-            raise NdgeoError(f"--output indices needs an ND model; this model is {kind!r}")
+            raise NdgeoError(f"--products indices needs an ND model; this model is {kind!r}")
         classes = self.meta.get("classes", [])
         self.class_names = [c["name"] for c in classes]
         n_classes = len(classes)
         n_indices = self.meta["config"].get("n_indices", 0)
         if self.meta["config"].get("pairs"):
             n_indices = len(self.meta["config"]["pairs"])
-        counts = {"class": 1, "proba": n_classes, "indices": n_indices}
+        counts = {"class": 1, "proba": n_classes, "indices": n_indices, "entropy": 1,
+                  "margin": 1}
         self.out_count = sum(counts[o] for o in outputs)
         descriptions: list[str] = []
         for o in outputs:
@@ -81,6 +93,8 @@ class ModelProcessor(Processor):
                 descriptions.append("class")
             elif o == "proba":
                 descriptions += [f"proba_{name}" for name in self.class_names]
+            elif o in ("entropy", "margin"):
+                descriptions.append(o)
             else:
                 descriptions += list(self.index_descriptions) or [
                     f"ND{k + 1}" for k in range(n_indices)
@@ -196,7 +210,9 @@ class ModelProcessor(Processor):
             return out
         # Logits from the model's own forward, as for class-only output (the indices output is
         # clamped to [-1, 1] and could move a tie by an ulp).
-        logits = run(model) if "class" in outputs or "proba" in outputs else None
+        logits = run(model) if set(outputs) - {"indices"} else None
+        proba = (torch.softmax(torch.from_numpy(logits), dim=0).numpy()
+                 if set(outputs) & {"proba", "entropy", "margin"} else None)
         indices = run(model.indices) if "indices" in outputs else None
         band = 0
         for o in outputs:
@@ -204,8 +220,17 @@ class ModelProcessor(Processor):
                 ids = argmax_rows(torch.from_numpy(logits)).numpy()
                 put(out[band], self._values(ids).astype(np.float32))
                 band += 1
+            elif o == "entropy":
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    terms = np.where(proba > 0, -proba * np.log(proba), 0.0)
+                put(out[band], terms.sum(axis=0, dtype=np.float32))
+                band += 1
+            elif o == "margin":
+                top = np.sort(proba, axis=0)[-2:] if len(proba) > 1 else np.stack(
+                    [np.zeros_like(proba[0]), proba[0]])
+                put(out[band], top[1] - top[0])
+                band += 1
             elif o == "proba":
-                proba = torch.softmax(torch.from_numpy(logits), dim=0).numpy()
                 values = np.round(proba * 250) if self.out_dtype == "uint8" else proba
                 for c in range(len(values)):
                     put(out[band + c], values[c])
