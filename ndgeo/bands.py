@@ -66,6 +66,25 @@ SENSORS: dict[str, dict[str, str]] = {
         "B1": "B", "B2": "G", "B3": "R", "B4": "N", "B5": "S1", "B6": "T", "B7": "S2",
     },
 }
+#: Band layouts a sensor preset names by position (files without band descriptions), by band
+#: count: the products' full stacks, exactly. Any other count is an error, never a guess.
+LAYOUTS: dict[str, dict[int, tuple[tuple[str, ...], str]]] = {
+    "sentinel-2": {
+        12: (("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11",
+              "B12"), "L2A"),
+        13: (("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
+              "B11", "B12"), "L1C"),
+    },
+    "landsat-8": {
+        7: (("B1", "B2", "B3", "B4", "B5", "B6", "B7"), "Collection 2 L2 surface reflectance"),
+        9: (("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B10", "B11"), "reflective + thermal"),
+        11: (("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11"), "L1"),
+    },
+    "landsat-7": {
+        6: (("B1", "B2", "B3", "B4", "B5", "B7"), "Collection 2 L2 surface reflectance"),
+        7: (("B1", "B2", "B3", "B4", "B5", "B6", "B7"), "with thermal B6"),
+    },
+}
 SENSOR_ALIASES = {
     "s2": "sentinel-2", "sentinel2": "sentinel-2", "sentinel-2": "sentinel-2",
     "l8": "landsat-8", "l9": "landsat-8", "landsat8": "landsat-8", "landsat9": "landsat-8",
@@ -169,18 +188,14 @@ def resolve_bands(
     if bands:
         if len(bands) != count:
             raise NdgeoError(
-                f"--bands names {len(bands)} bands but the raster has {count}: {list(bands)}"
+                f"--band-names gives {len(bands)} names but the raster has {count} bands: "
+                f"{', '.join(map(str, bands))}; give one name per band, in file order"
             )
         names = [str(b).strip() for b in bands]
     elif all(descriptions):
         names = [str(d).strip() for d in descriptions]
     elif sensor and normalize_sensor(sensor) != "generic":
-        preset = list(SENSORS[normalize_sensor(sensor)])
-        if count > len(preset):
-            raise NdgeoError(
-                f"the raster has {count} bands but sensor {sensor!r} defines {len(preset)}; "
-                "name them with --bands"
-            )
+        preset = _layout(normalize_sensor(sensor), sensor, count, descriptions)
         names = [d.strip() if d else preset[i] for i, d in enumerate(descriptions)]
     else:
         names = [d.strip() if d else f"band_{i + 1}" for i, d in enumerate(descriptions)]
@@ -192,6 +207,34 @@ def resolve_bands(
         dup = sorted({x for x in letters if letters.count(x) > 1})
         raise NdgeoError(f"several bands map to the same index letter {dup}: {names}")
     return resolved
+
+
+def _layout(key: str, sensor: str, count: int, descriptions: Sequence[str | None]) -> tuple:
+    """The band ids ``--sensor`` gives a file whose descriptions do not name every band: a
+    layout of exactly ``count`` bands, else one error saying what was expected."""
+    layouts = LAYOUTS[key]
+    if count in layouts:
+        return layouts[count][0]
+    known = "; ".join(f"{n} bands ({ids[0]}..{ids[-1]}, {what})"
+                      for n, (ids, what) in sorted(layouts.items()))
+    described = sum(1 for d in descriptions if d)
+    state = "no band descriptions" if not described else (
+        f"descriptions on only {described} of them")
+    example = ",".join(_EXAMPLE_NAMES[key][:count]) if count <= len(_EXAMPLE_NAMES[key]) else ""
+    raise NdgeoError(
+        f"--sensor {sensor} names bands by position only for its full band stacks: {known}; "
+        f"this raster has {count} band(s) and {state}, so its bands cannot be named by "
+        "position. Name every band with --band-names"
+        + (f" (e.g. --band-names {example} in file order)" if example else " in file order")
+    )
+
+
+#: Example --band-names for error messages: the sensor's commonly stacked bands.
+_EXAMPLE_NAMES = {
+    "sentinel-2": ("B02", "B03", "B04", "B08", "B05", "B06", "B07", "B8A", "B11", "B12"),
+    "landsat-8": ("B2", "B3", "B4", "B5", "B6", "B7"),
+    "landsat-7": ("B1", "B2", "B3", "B4", "B5", "B7"),
+}
 
 
 def select_bands(wanted: Sequence[str], available: Sequence[Band]) -> list[int]:
@@ -210,8 +253,22 @@ def select_bands(wanted: Sequence[str], available: Sequence[Band]) -> list[int]:
             positions.append(pos)
     if missing:
         have = ", ".join(f"{b.name} ({b.letter})" if b.letter else b.name for b in available)
-        raise NdgeoError(f"band(s) {', '.join(missing)} not found in the raster; it has: {have}")
+        raise NdgeoError(f"band(s) {', '.join(missing)} not found in the raster; it has: {have}"
+                         + _naming_hint(available))
     return positions
+
+
+def _naming_hint(available: Sequence[Band]) -> str:
+    """How to name the bands, for 'not found' errors."""
+    unnamed = [b for b in available if not b.letter]
+    if not unnamed:
+        return ""
+    ids = [b.name for b in unnamed if _sentinel2_id(b.name) or _landsat_id(b.name)]
+    text = "; name the image bands with --band-names (one name per band, e.g. B02,B03,B04,B08)"
+    if ids:
+        text += (f" or, if {', '.join(ids[:4])}{', ...' if len(ids) > 4 else ''} are sensor band "
+                 "ids, give --sensor (sentinel-2, landsat-8, landsat-9, landsat-7)")
+    return text
 
 
 def _find(want: str, available: Sequence[Band]) -> int | None:

@@ -82,6 +82,9 @@ def _sniff(path: Path) -> None:
     n = struct.unpack("<Q", head[:8])[0] if len(head) == 9 else -1
     if 0 < n <= min(_MAX_HEADER, size - 8) and head[8:] == b"{":
         return
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # (Big)TIFF magic
+        raise NdgeoError(f"{path} is a GeoTIFF, not a model file; MODEL comes first "
+                         "(e.g. ndgeo apply MODEL IMAGE -o OUT)")
     if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
         raise NdgeoError(
             f"{path} is a pickle/torch.save file; ndgeo never unpickles model files (they can run "

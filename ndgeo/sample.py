@@ -68,6 +68,8 @@ HAZE = tuple(round(0.02 * (490 / c) ** 3, 5) for c in CENTRES_NM)
 #: The designed separating index: crop where (B08 - 2*B05)/(B08 + 2*B05) > THRESHOLD.
 TRUE_INDEX = {"positive": {"B08": 1.0}, "negative": {"B05": 2.0}}
 THRESHOLD = 0.0
+#: The classes the designed index separates (above, below the threshold).
+TRUE_CLASSES = ("crop", "grassland")
 
 CRS_EPSG = 32633  # WGS 84 / UTM zone 33N (farmland in Lower Austria)
 ORIGIN = (560_000.0, 5_350_000.0)  # upper-left corner, metres
@@ -87,6 +89,8 @@ FILES = {
     "image": "scene.tif",
     "labels_raster": "labels.tif",
     "labels_vector": "labels.gpkg",
+    "labels_two": "crop_vs_grass.gpkg",
+    "classes": "classes.csv",
     "truth": "truth.json",
 }
 LABEL_LAYER = "labels"
@@ -102,6 +106,10 @@ class SampleScene:
     labels_vector: Path
     truth_json: Path
     truth: dict
+    #: The crop and grassland polygons alone: the two classes the designed index separates.
+    labels_two: Path | None = None
+    #: ``value,name,color`` of the classes (``ndgeo train --classes``): the label raster's.
+    classes_csv: Path | None = None
 
 
 def make_sample(
@@ -147,6 +155,10 @@ def make_sample(
     _write_image(paths["image"], image, transform, seed, size)
     _write_labels_raster(paths["labels_raster"], labels, transform)
     _write_labels_vector(paths["labels_vector"], polygons)
+    two = TRUE_CLASSES
+    _write_labels_vector(paths["labels_two"], [(n, g) for n, g in polygons if n in two])
+    with atomic_path(paths["classes"]) as tmp:
+        tmp.write_text(classes_csv(), encoding="utf-8")
     with atomic_path(paths["truth"]) as tmp:
         tmp.write_text(json.dumps(truth, indent=2) + "\n", encoding="utf-8")
     return SampleScene(
@@ -156,7 +168,16 @@ def make_sample(
         labels_vector=paths["labels_vector"],
         truth_json=paths["truth"],
         truth=truth,
+        labels_two=paths["labels_two"],
+        classes_csv=paths["classes"],
     )
+
+
+def classes_csv() -> str:
+    """The sample's classes as a ``--classes`` file: ``value,name,color`` lines."""
+    rows = [f"{i},{name},#{r:02x}{g:02x}{b:02x}"
+            for i, (name, (r, g, b)) in enumerate(CLASSES, start=1)]
+    return "value,name,color\n" + "\n".join(rows) + "\n"
 
 
 # --------------------------------------------------------------------------- scene content
@@ -402,7 +423,7 @@ def _truth(seed: int, size: int, transform: Affine, labels: np.ndarray) -> dict:
         ],
         "separating_index": {
             "name": "ND(B08, 2*B05)",
-            "classes": ["crop", "grassland"],
+            "classes": list(TRUE_CLASSES),
             "positive": dict(TRUE_INDEX["positive"]),
             "negative": dict(TRUE_INDEX["negative"]),
             "letters": {
@@ -614,4 +635,13 @@ def validate_sample(outdir: str | Path) -> list[str]:
             f"labels.gpkg rasterizes differently from labels.tif on "
             f"{int((burned != labels).sum())} pixel(s)"
         )
+    _, _, two_geometry, two_fields = pyogrio.raw.read(paths["labels_two"], layer=LABEL_LAYER)
+    two_names = set(two_fields[0].tolist())
+    if two_names != set(TRUE_CLASSES):
+        problems.append(f"crop_vs_grass.gpkg names {sorted(two_names)}, not {list(TRUE_CLASSES)}")
+    kept = {shapely.to_wkb(g) for g, n in zip(geoms, names, strict=True) if n in TRUE_CLASSES}
+    if {shapely.to_wkb(g) for g in shapely.from_wkb(two_geometry)} != kept:
+        problems.append("crop_vs_grass.gpkg is not the crop and grassland polygons of labels.gpkg")
+    if paths["classes"].read_text(encoding="utf-8") != classes_csv():
+        problems.append("classes.csv does not list the sample's classes")
     return problems

@@ -11,7 +11,8 @@ if __name__ == "__main__":
     here = Path(__file__).resolve().parent
     scene = make_sample(here, overwrite=True)
     problems = validate_sample(here)
-    print(f"wrote {scene.image.name}, {scene.labels_raster.name}, {scene.labels_vector.name}, "
-          f"{scene.truth_json.name} in {here}")
+    names = (scene.image, scene.labels_raster, scene.labels_vector, scene.labels_two,
+             scene.classes_csv, scene.truth_json)
+    print(f"wrote {', '.join(p.name for p in names)} in {here}")
     if problems:
         raise SystemExit("invalid sample: " + "; ".join(problems))

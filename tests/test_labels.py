@@ -90,8 +90,10 @@ def test_integer_class_field_and_class_names_shapefile(tmp_path):
     p = load_training_pixels(img, lab, label_field="code")
     assert p.classes == ["2", "10"]  # numeric order
     assert p.class_counts == {"2": 3, "10": 4}
+    assert [(c.value, c.name) for c in p.class_info] == [(2, "2"), (10, "10")]  # kept values
     named = load_training_pixels(img, lab, label_field="code", class_names={2: "b", 10: "a"})
-    assert named.classes == ["a", "b"] and named.class_counts == {"a": 4, "b": 3}
+    assert named.classes == ["b", "a"] and named.class_counts == {"a": 4, "b": 3}  # by value
+    assert [c.value for c in named.class_info] == [2, 10]
 
 
 def test_band_selection_by_name(tmp_path):
@@ -317,10 +319,14 @@ def test_read_manifest_csv_and_toml(tmp_path):
 
 def test_sample_scene_vector_and_raster_labels_agree(tmp_path):
     scene = make_sample(tmp_path / "sample", size=96)
-    vec = load_training_pixels(scene.image, scene.labels_vector)
+    # The sample's classes.csv gives the polygons the label raster's values and colours.
+    vec = load_training_pixels(scene.image, scene.labels_vector, class_table=scene.classes_csv)
     ras = load_training_pixels(scene.image, scene.labels_raster)
     expected = {c["name"]: c["labelled_pixels"] for c in scene.truth["classes"]}
     assert vec.class_counts == ras.class_counts == expected
     assert vec.classes == ras.classes and len(vec.bands) == 10
+    assert vec.class_info == ras.class_info
+    assert [(c.value, c.name, list(c.color)) for c in ras.class_info] == [
+        (c["id"], c["name"], c["color"]) for c in scene.truth["classes"]]
     np.testing.assert_array_equal(vec.X, ras.X)
     np.testing.assert_array_equal(vec.y, ras.y)

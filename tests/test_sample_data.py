@@ -21,7 +21,8 @@ from ndgeo.errors import NdgeoError
 from ndgeo.sample import describe_scene, make_sample, validate_sample
 
 S2_BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
-OUTPUTS = {"scene.tif", "labels.tif", "labels.gpkg", "truth.json"}
+OUTPUTS = {"scene.tif", "labels.tif", "labels.gpkg", "crop_vs_grass.gpkg", "classes.csv",
+           "truth.json"}
 COMMITTED = Path(__file__).resolve().parents[1] / "sample_data"
 
 

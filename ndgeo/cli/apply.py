@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ndgeo.cli import options as opt
-from ndgeo.cli.app import app, console, is_quiet
+from ndgeo.cli.app import app, console, err_console, is_quiet
 from ndgeo.cli.options import parse_key_values, parse_list
 from ndgeo.cli.present import pixel_progress, print_json
 
@@ -30,12 +30,25 @@ def run_command(ctx: typer.Context, processor, info, positions, out: Path, execu
     with pixel_progress(what, quiet=quiet) as progress:
         result = engine.run(processor, info, positions, out, execution=execution,
                             progress=progress, **options)
+    legend = publish_legend(result.out_path, getattr(processor, "classes", None))
     if not quiet:
         console.print(
             f"wrote [bold]{result.out_path}[/] ({result.windows} chunks, {result.skipped} all "
             f"nodata skipped, {result.pixels / max(result.seconds, 1e-9) / 1e6:.2f} Mpx/s, "
-            f"{result.scheduler})"
+            f"{result.scheduler})" + (f" and its legend {', '.join(p.name for p in legend)}"
+                                      if legend else "")
         )
+
+
+def publish_legend(out, classes) -> list:
+    """Class maps get their legend beside them (GDAL ``.aux.xml`` categories and attribute
+    table, QGIS ``.qml`` style); other outputs drop a legend left by an earlier file there."""
+    from ndgeo.io.writer import remove_class_sidecars, write_class_sidecars
+
+    if classes:
+        return write_class_sidecars(out, classes)
+    remove_class_sidecars(out)
+    return []
 
 
 @app.command("apply")
@@ -65,10 +78,12 @@ def apply_cmd(
     dry_run: bool = opt.DRY_RUN,
 ) -> None:
     """Apply a trained model chunk-wise to IMAGE and write class ids, probabilities or indices."""
+    from ndgeo.checkpoint import load_classifier
     from ndgeo.io.raster import open_raster
     from ndgeo.processors.classify import model_processor
     from ndgeo.processors.denoise import denoise_stage
 
+    load_classifier(model)  # MODEL first: swapped arguments get "MODEL comes first"
     info = open_raster(image, bands=parse_list(band_names), sensor=sensor, nodata=nodata,
                        scale=scale, offset=offset)
     execution = opt.execution(chunk_size, scheduler, workers, config, timeout)
@@ -116,5 +131,52 @@ def index_cmd(
     processor, positions = index_processor(
         info, names=parse_list(name) or [], formulas=formula or [], formula_file=formula_file,
     )
+    if not dry_run:
+        note = unscaled_warning(info, processor, positions)
+        if note:
+            err_console.print(f"[yellow]warning:[/] {note}", highlight=False)
     run_command(ctx, processor, info, positions, out, execution, co=co, cog=cog,
                 overwrite=overwrite, dry_run=dry_run, what="index")
+
+
+#: Side of the windows :func:`unscaled_warning` reads (three of them at most).
+_SAMPLE_SIDE = 256
+
+
+def unscaled_warning(info, processor, positions) -> str | None:
+    """A warning when indices that depend on the data's scale (additive constants: EVI, SAVI,
+    ...) meet bands that look unscaled (above 2 in physical units, e.g. reflectance x 10000),
+    from a few windows of the image (top left, centre, bottom right); None otherwise."""
+    import numpy as np
+    import rasterio.windows
+
+    from ndgeo.formula import evaluate
+    from ndgeo.io.raster import open_dataset, read_block, to_physical
+
+    side_h, side_w = min(_SAMPLE_SIDE, info.height), min(_SAMPLE_SIDE, info.width)
+    corners = {(0, 0), ((info.height - side_h) // 2, (info.width - side_w) // 2),
+               (info.height - side_h, info.width - side_w)}
+    parts = []
+    with open_dataset(info.path) as src:
+        for row, col in sorted(corners):
+            window = rasterio.windows.Window(col, row, side_w, side_h)
+            raw, valid = read_block(src, info, positions, window)
+            parts.append(to_physical(raw, processor.scaling)[:, valid])
+    values = np.concatenate(parts, axis=1).astype(np.float64)
+    values = values[:, np.isfinite(values).all(axis=0)]
+    if values.size == 0 or float(values.max()) <= 2.0:
+        return None
+    arrays = {var: values[i] for i, var in enumerate(processor.variables)}
+    half = {var: 0.5 * v for var, v in arrays.items()}
+    dependent = []
+    with np.errstate(all="ignore"):
+        for name, text in processor.expressions:
+            a = evaluate(text, arrays, processor.constants)
+            b = evaluate(text, half, processor.constants)
+            if not np.allclose(a, b, rtol=1e-3, atol=1e-6, equal_nan=True):
+                dependent.append(name)
+    if not dependent:
+        return None
+    return (f"{', '.join(dependent)} depend(s) on the data's scale (additive constants) but the "
+            f"bands reach {float(values.max()):g} here, as reflectance x 10000 does; if they "
+            "are scaled reflectance, give --scale 0.0001 (and --offset if the product has one)")

@@ -39,7 +39,8 @@ def _print_scene(scene: SampleScene) -> None:
     files = Table(title=f"sample scene in {scene.outdir}", show_header=True)
     files.add_column("file")
     files.add_column("size", justify="right")
-    for path in (scene.image, scene.labels_raster, scene.labels_vector, scene.truth_json):
+    for path in (scene.image, scene.labels_raster, scene.labels_vector, scene.labels_two,
+                 scene.classes_csv, scene.truth_json):
         files.add_row(path.name, f"{path.stat().st_size / 1024:.0f} KiB")
     console.print(files)
     classes = Table(show_header=True)
@@ -69,6 +70,7 @@ def demo(
 ) -> None:
     """The whole job on the sample scene: check data, train, print learned formulas, apply."""
     from ndgeo import engine
+    from ndgeo.cli.apply import publish_legend
     from ndgeo.io.raster import open_raster
     from ndgeo.processors.classify import model_processor
     from ndgeo.sample import describe_scene, make_sample, validate_sample
@@ -95,7 +97,8 @@ def demo(
     model_path, classes_path = out / "model.safetensors", out / "classes.tif"
     say(f"[bold]2. train[/] an ND classifier on {labels.name} (vector labels, blocked split)")
     run = train([(image, labels)], model_path, TrainConfig(epochs=epochs, seed=seed),
-                report_path=out / "model.png", overwrite=True)
+                report_path=out / "model.png", overwrite=True,
+                class_table=data / "classes.csv")  # the label raster's values and colours
     result = run.results[0]
     if not quiet:
         print_metrics(result.metrics, result.classes, "validation (block split)")
@@ -107,5 +110,7 @@ def demo(
     with pixel_progress("4. apply", quiet=quiet) as progress:
         done = engine.run(processor, info, positions, classes_path, overwrite=True,
                           progress=progress)
+    legend = publish_legend(done.out_path, processor.classes)
     say(f"[bold]4. classification[/] written to {done.out_path} "
-        f"(uint8 class ids with colour table; model {model_path}, report {out / 'model.png'})")
+        f"(uint8 class values with colour table, legend in {', '.join(p.name for p in legend)}; "
+        f"model {model_path}, report {out / 'model.png'})")

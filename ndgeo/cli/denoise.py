@@ -95,9 +95,11 @@ def denoise_apply(
     dry_run: bool = opt.DRY_RUN,
 ) -> None:
     """Denoise IMAGE chunk-wise with scene statistics: equal to whole-scene denoising."""
+    from ndgeo.checkpoint import load_denoiser
     from ndgeo.io.raster import open_raster
     from ndgeo.processors.denoise import denoise_processor
 
+    load_denoiser(denoiser)  # DENOISER first: swapped arguments get "MODEL comes first"
     info = open_raster(image, bands=parse_list(bands), sensor=sensor, nodata=nodata)
     processor, positions, chunk = denoise_processor(
         denoiser, info, out_dtype=dtype, device=device, chunk_size=chunk_size,
@@ -121,9 +123,11 @@ def denoise_evaluate(
     nodata: float | None = opt.NODATA,
 ) -> None:
     """Noise-mismatch diagnostic: PSNR before and after denoising at several noise levels."""
+    from ndgeo.checkpoint import load_denoiser
     from ndgeo.io.raster import open_raster
     from ndgeo.training.denoiser import evaluate_denoiser
 
+    load_denoiser(denoiser)  # DENOISER first: swapped arguments get "MODEL comes first"
     info = open_raster(image, bands=parse_list(bands), sensor=sensor, nodata=nodata)
     levels = parse_list(sigmas)
     if not levels:

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import typer
-from click.core import ParameterSource
 
 from ndgeo.cli import options as opt
 from ndgeo.cli.app import Terminated, app, console, err_console, is_quiet
@@ -50,7 +49,7 @@ def given(ctx: typer.Context, *names: str) -> list[str]:
     """The options among ``names`` (parameter names) that were typed on the command line, as
     flags (``--indices``)."""
     return ["--" + n.replace("_", "-") for n in names
-            if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
+            if getattr(ctx.get_parameter_source(n), "name", None) == "COMMANDLINE"]
 
 
 def warn(text: str) -> None:
@@ -206,6 +205,10 @@ def _keep_interrupted(exc: KeyboardInterrupt, out: Path, config: TrainConfig,
     from ndgeo.training.classifier import TrainResult
 
     epoch, total = done["epoch"], done["total"]
+    if epoch == 0:
+        err_console.print(f"[bold red]{word}[/] before the first epoch finished; nothing kept "
+                          f"({out} was not written)")
+        raise typer.Exit(code)
     stage = "while refitting on all labelled pixels" if refitting else "during training"
     result = TrainResult(
         model=model.cpu(), config=fit_config, history=[], metrics={}, train_seconds=0.0,

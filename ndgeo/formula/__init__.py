@@ -6,14 +6,18 @@ from ndgeo.formula.catalogue import (
     catalogue_expression,
     catalogue_nd_vectors,
     nearest_catalogue,
+    same_bands_as,
 )
 from ndgeo.formula.expr import Expr, evaluate, expression_variables, parse_expression
 from ndgeo.formula.learned import IndexFormula, Term, formulas_from_coefficients, model_formulas
 from ndgeo.formula.render import (
     FORMATS,
+    MACHINE_FORMATS,
     ND_LAYER_REFERENCE,
+    approximation,
     render,
     to_asi,
+    to_gdal_calc,
     to_json,
     to_latex,
     to_numexpr,
@@ -22,8 +26,9 @@ from ndgeo.formula.render import (
 )
 
 __all__ = [
-    "FORMATS", "ND_LAYER_REFERENCE", "Expr", "IndexFormula", "Term", "catalogue_constants",
-    "catalogue_expression", "catalogue_nd_vectors", "evaluate", "expression_variables",
-    "formulas_from_coefficients", "model_formulas", "nearest_catalogue", "parse_expression",
-    "render", "to_asi", "to_json", "to_latex", "to_numexpr", "to_plain", "to_text",
+    "FORMATS", "MACHINE_FORMATS", "ND_LAYER_REFERENCE", "Expr", "IndexFormula", "Term",
+    "approximation", "catalogue_constants", "catalogue_expression", "catalogue_nd_vectors",
+    "evaluate", "expression_variables", "formulas_from_coefficients", "model_formulas",
+    "nearest_catalogue", "parse_expression", "render", "same_bands_as", "to_asi",
+    "to_gdal_calc", "to_json", "to_latex", "to_numexpr", "to_plain", "to_text",
 ]

@@ -139,6 +139,53 @@ def _signed_weights(
     return vector
 
 
+#: Classic indices, preferred (in this order) among catalogue NDs with the same band pattern:
+#: (G - N)/(G + N) is NDWI before NDSII or VgNIRBI.
+CLASSIC = ("NDVI", "NDWI", "MNDWI", "NDMI", "NBR", "NBR2", "NDBI", "NDSI", "GNDVI", "NDRE")
+#: Then by application domain: vegetation, water and urban indices are the most used.
+DOMAIN_ORDER = ("vegetation", "water", "urban", "burn", "soil", "snow", "clouds", "radar")
+
+
+def _preference(key: str) -> tuple:
+    """Tie-break among catalogue NDs with the same band pattern: classic names, then domain."""
+    import spyndex
+
+    domain = str(spyndex.indices[key].application_domain)
+    classic = CLASSIC.index(key) if key in CLASSIC else len(CLASSIC)
+    rank = DOMAIN_ORDER.index(domain) if domain in DOMAIN_ORDER else len(DOMAIN_ORDER)
+    return (classic, rank, key)
+
+
+def _rank(key: str, cosine: float) -> tuple:
+    """Sort key of a match: closeness, then classic indices (same sign first), then the
+    same sign, then domain and name."""
+    classic, domain, _ = _preference(key)
+    return (-round(abs(cosine), 9), classic == len(CLASSIC), cosine < 0, classic, domain, key)
+
+
+def _pattern(vector: Mapping[str, float]) -> tuple:
+    """A band pattern up to scale and sign (to find catalogue NDs that are the same index)."""
+    norm = math.sqrt(sum(w * w for w in vector.values()))
+    signed = tuple(sorted((k, round(w / norm, 9)) for k, w in vector.items()))
+    flipped = tuple(sorted((k, round(-w / norm, 9)) for k, w in vector.items()))
+    return min(signed, flipped)
+
+
+@lru_cache(maxsize=1)
+def _same_pattern() -> dict[str, tuple[str, ...]]:
+    groups: dict[tuple, list[str]] = {}
+    for key, vector in catalogue_nd_vectors():
+        groups.setdefault(_pattern(vector), []).append(key)
+    return {key: tuple(sorted((k for k in members if k != key), key=_preference))
+            for members in groups.values() for key in members}
+
+
+def same_bands_as(name: str) -> list[str]:
+    """Other catalogue NDs with exactly the band pattern of ``name`` (up to sign), e.g. NDWI ->
+    NDSII, VgNIRBI, GNDVI: a learned index matching one matches them all equally."""
+    return list(_same_pattern().get(name, ()))
+
+
 def nearest_catalogue(
     index: IndexFormula | Mapping[str, Any],
     bands: Sequence[Band] | None = None,
@@ -150,7 +197,10 @@ def nearest_catalogue(
     ``index`` is an :class:`IndexFormula` or a coefficient dict (then ``bands`` maps its band
     names to letters). Ranked by absolute cosine; a negative cosine means the learned index is
     the catalogue index with its sign flipped. Weight on bands without an ASI letter counts
-    against every match. Returns ``[]`` when the index has no weight at all.
+    against every match. Indices with the same band pattern tie; the tie goes to a classic
+    index (:data:`CLASSIC`; of the same sign first, so (N - G)/(N + G) is GNDVI and
+    (G - N)/(G + N) NDWI), then to the same sign, then by domain (:data:`DOMAIN_ORDER`);
+    :func:`same_bands_as` lists the others. Returns ``[]`` when the index has no weight.
     """
     learned = _signed_weights(index, bands)
     norm = math.sqrt(sum(v * v for v in learned.values()))
@@ -161,6 +211,5 @@ def nearest_catalogue(
         dot = sum(w * learned.get(k, 0.0) for k, w in vector.items())
         cosine = dot / (norm * math.sqrt(sum(w * w for w in vector.values())))
         scored.append((key, cosine))
-    scored.sort(key=lambda kc: (-round(abs(kc[1]), 12), kc[1] < 0, kc[0]))
+    scored.sort(key=lambda kc: _rank(*kc))
     return scored[:top]
-

@@ -1,24 +1,34 @@
-"""Renderers of learned indices: text, LaTeX, numexpr / gdal_calc, Awesome Spectral Indices
-(ASI) v0 entries and JSON."""
+"""Renderers of learned indices: text, LaTeX, numexpr, gdal_calc command lines, Awesome Spectral
+Indices (ASI) v0 entries and JSON.
+
+Machine formats (numexpr, gdal_calc, asi, json) are meant to reproduce the model: the CLI exports
+them exactly by default (no term dropped, 6 decimals); when a formula is an approximation, the
+``asi`` and ``json`` documents record the dropped weight and an error bound
+(:func:`approximation`).
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import keyword
+import re
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ndgeo import __version__
 from ndgeo.errors import NdgeoError
-from ndgeo.formula.catalogue import nearest_catalogue
+from ndgeo.formula.catalogue import nearest_catalogue, same_bands_as
 from ndgeo.formula.learned import IndexFormula, Term
 
 #: Reference given in exported ASI entries: the ND layer paper.
 ND_LAYER_REFERENCE = "https://arxiv.org/abs/2601.06777"
 
 #: Output formats understood by :func:`render`.
-FORMATS = ("text", "latex", "numexpr", "asi", "json")
+FORMATS = ("text", "latex", "numexpr", "gdal_calc", "asi", "json")
+#: Formats read by programs, exported exactly by default (``ndgeo formula``).
+MACHINE_FORMATS = ("numexpr", "gdal_calc", "asi", "json")
 
 
 
@@ -74,12 +84,48 @@ def _dropped_note(f: IndexFormula) -> str:
     )
 
 
+def approximation(f: IndexFormula) -> dict[str, Any]:
+    """How far the printed formula may be from the model's index.
+
+    With weights scaled so the largest is 1, pruning drops ``f.dropped`` of the total weight
+    and rounding to ``precision`` decimals moves each printed coefficient (net weight in the
+    numerator, total in the denominator) by at most ``2h``, ``h = 0.5 x 10**-precision``. At a
+    pixel, numerator and denominator then move by at most ``D`` = dropped weights x bands +
+    ``2h`` x the kept bands, so ``|printed - model| <= 2r / (1 - r)`` with ``r = D / S`` (``S``
+    the model's denominator). ``bound_equal_bands`` is that bound where all bands are equal
+    (pixels with very unequal bands can be further off).
+    """
+    h = 0.5 * 10.0 ** -f.precision
+    kept = sum(t.weight for t in f.terms)
+    total = kept / (1 - f.dropped) if f.dropped < 1 else float("inf")
+    r = f.dropped + 2 * h * len(f.variables) / total
+    return {
+        "exact": f.dropped < 1e-6 and f.precision >= 6,
+        "dropped_weight_fraction": f.dropped,
+        "threshold": f.threshold,
+        "precision": f.precision,
+        "bound": "|formula - model| <= 2r/(1 - r), r = (dropped terms + 2h x kept bands) / "
+                 "model denominator at the pixel, h = 0.5e-precision",
+        "bound_equal_bands": 2 * r / (1 - r) if r < 1 else None,
+    }
+
+
 def to_text(f: IndexFormula, nearest: Sequence[tuple[str, float]] = ()) -> str:
-    """``ND1 = (N + 0.15*RE1 - 0.67*R) / (N + 0.15*RE1 + 0.67*R)  # note``."""
+    """``ND1 = (N + 0.15*RE1 - 0.67*R) / (N + 0.15*RE1 + 0.67*R)  # note``.
+
+    Catalogue indices with the same band pattern as the nearest one are named with it
+    (``NDWI (0.99; same bands as NDSII, VgNIRBI, GNDVI)``)."""
     notes = [_dropped_note(f)]
     if nearest:
-        notes.append("nearest catalogue index: " + ", ".join(f"{n} ({c:.2f})" for n, c in nearest))
+        notes.append("nearest catalogue index: " + ", ".join(_match_text(n, c) for n, c in nearest))
     return f"{to_plain(f)}  # " + "; ".join(notes)
+
+
+def _match_text(name: str, cosine: float) -> str:
+    ties = same_bands_as(name)
+    if not ties:
+        return f"{name} ({cosine:.2f})"
+    return f"{name} ({cosine:.2f}; same bands as {', '.join(ties)})"
 
 
 def to_plain(f: IndexFormula) -> str:
@@ -103,11 +149,11 @@ def to_latex(f: IndexFormula) -> str:
 
 
 def to_numexpr(f: IndexFormula, names: str | Mapping[str, str] = "letters") -> str:
-    """An expression for numexpr, gdal_calc (``--calc``) or :func:`evaluate`.
+    """A bare expression for ``numexpr.evaluate`` or :func:`evaluate`.
 
     ``names``: ``"letters"`` (ASI letters, band names where a band has none), ``"bands"`` (the
-    bands' own names) or a mapping band name -> variable (e.g. ``{"B08": "A", "B04": "B"}`` for
-    gdal_calc). Every variable must be a Python identifier.
+    bands' own names) or a mapping band name -> variable (e.g. ``{"B08": "A", "B04": "B"}``,
+    as :func:`to_gdal_calc` does). Every variable must be a Python identifier.
     """
     if names == "letters":
         mapping = {t.variable: t.variable for t in f.terms}
@@ -128,6 +174,56 @@ def to_numexpr(f: IndexFormula, names: str | Mapping[str, str] = "letters") -> s
             )
     num, den = _sides(f, mapping, mult="*", spaced=True)
     return f"({num})/({den})"
+
+
+#: gdal_calc's input variables: one capital letter each.
+_GDAL_CALC_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def to_gdal_calc(
+    f: IndexFormula,
+    band_numbers: Mapping[str, int],
+    *,
+    image: str = "IMAGE.tif",
+    outfile: str | None = None,
+    scaling: Mapping[str, tuple[float, float]] | None = None,
+) -> str:
+    """One ``gdal_calc.py`` command line computing ``f`` from ``image``.
+
+    gdal_calc names its inputs with single letters: each band of the formula becomes ``-A
+    IMAGE --A_band=N`` (``band_numbers``: band name -> 1-based band of ``image``). Every term is
+    float (gdal_calc computes in the file's type, and unsigned differences would wrap);
+    ``scaling`` (band name -> (scale, offset), the file's GDAL
+    metadata) converts raw values to the physical units the model was trained on.
+    """
+    bands = sorted({t.band for t in f.terms}, key=lambda b: (band_numbers.get(b, 0), b))
+    if len(bands) > len(_GDAL_CALC_LETTERS):
+        raise NdgeoError(f"{f.name} uses {len(bands)} bands; gdal_calc takes at most 26 inputs")
+    missing = [b for b in bands if b not in band_numbers]
+    if missing:
+        raise NdgeoError(f"no band number for band(s) {missing} of {f.name}")
+    letters = dict(zip(bands, _GDAL_CALC_LETTERS, strict=False))
+    placeholders = {b: f"v{i}" for i, b in enumerate(bands)}
+    text = to_numexpr(f, placeholders)
+    # gdal_calc computes in the file's type: an integer coefficient or a bare variable would
+    # keep unsigned pixels unsigned (B - A wraps), so every term is made float.
+    text = re.sub(r"(?<![\w.])(\d+)\*(?=v\d)", r"\1.0*", text)
+    text = re.sub(r"(?<![\w*.])(v\d+)\b", r"1.0*\1", text)
+    for band, var in placeholders.items():
+        scale, offset = (scaling or {}).get(band, (1.0, 0.0))
+        value = letters[band]
+        if offset:
+            value = f"({value}*{scale!r} {'-' if offset < 0 else '+'} {abs(offset)!r})"
+        elif scale != 1.0:
+            value = f"({value}*{scale!r})"
+        text = re.sub(rf"\b{var}\b", value, text)
+    args = ["gdal_calc.py"]
+    for band in bands:
+        letter = letters[band]
+        args += [f"-{letter}", shlex.quote(image), f"--{letter}_band={band_numbers[band]}"]
+    args += [f"--outfile={shlex.quote(outfile or f.name + '.tif')}", "--type=Float32",
+             f'--calc="{text}"']
+    return " ".join(args)
 
 
 def _asi_domains() -> set[str]:
@@ -195,7 +291,9 @@ def _as_record(f: IndexFormula, nearest: Sequence[tuple[str, float]]) -> dict[st
         "dropped_weight_fraction": f.dropped,
         "threshold": f.threshold,
         "precision": f.precision,
-        "nearest_catalogue": [{"short_name": n, "cosine": c} for n, c in nearest],
+        "approximation": approximation(f),
+        "nearest_catalogue": [{"short_name": n, "cosine": c, "same_bands_as": same_bands_as(n)}
+                              for n, c in nearest],
     }
 
 
@@ -214,9 +312,13 @@ def render(formulas: Sequence[IndexFormula], fmt: str, **options: Any) -> str:
     """All formulas in one output format (see :data:`FORMATS`).
 
     ``text``: one line per index with dropped weight and nearest catalogue ND (``top`` option,
-    default 1, 0 to skip); ``latex`` and ``numexpr``: ``NAME = expression`` lines (``names``
-    option for numexpr); ``asi``: ``{"SpectralIndices": {KEY: entry}}`` (options of
-    :func:`to_asi` except ``short_name``); ``json``: :func:`to_json`.
+    default 1, 0 to skip); ``latex``: ``NAME = expression`` lines; ``numexpr``: one bare
+    expression per line, in index order, that ``numexpr.evaluate`` takes as is (``names``
+    option); ``gdal_calc``: one ``gdal_calc.py`` command line per index (options
+    ``band_numbers``, ``image``, ``scaling`` of :func:`to_gdal_calc`); ``asi``:
+    ``{"SpectralIndices": {KEY: entry}}`` (options of :func:`to_asi` except ``short_name``),
+    plus an ``"ndgeo"`` section recording each approximate formula's dropped weight and error
+    bound; ``json``: :func:`to_json`.
     """
     if fmt == "text":
         top = options.pop("top", 1)
@@ -230,12 +332,26 @@ def render(formulas: Sequence[IndexFormula], fmt: str, **options: Any) -> str:
     if fmt == "numexpr":
         names = options.pop("names", "letters")
         _no_options(fmt, options)
-        return "\n".join(f"{f.name} = {to_numexpr(f, names)}" for f in formulas)
+        return "\n".join(to_numexpr(f, names) for f in formulas)
+    if fmt == "gdal_calc":
+        numbers = options.pop("band_numbers", None)
+        if numbers is None:
+            raise NdgeoError("format 'gdal_calc' needs band_numbers (band name -> band number)")
+        image = options.pop("image", "IMAGE.tif")
+        scaling = options.pop("scaling", None)
+        _no_options(fmt, options)
+        return "\n".join(to_gdal_calc(f, numbers, image=image, scaling=scaling)
+                         for f in formulas)
     if fmt == "asi":
         if "short_name" in options:
             raise NdgeoError("format 'asi' names each entry after its index; drop short_name")
         entries = {f.name: to_asi(f, **options) for f in formulas}
-        return json.dumps({"SpectralIndices": entries}, indent=2)
+        doc: dict[str, Any] = {"SpectralIndices": entries}
+        approximate = {f.name: approximation(f) for f in formulas
+                       if not approximation(f)["exact"]}
+        if approximate:
+            doc["ndgeo"] = {"approximate_formulas": approximate}
+        return json.dumps(doc, indent=2)
     if fmt == "json":
         top = options.pop("top", 1)
         _no_options(fmt, options)

@@ -494,3 +494,83 @@ def write_raster(
     ) as dst:
         dst.write(array, Window(0, 0, width, height))
     return dst.path
+
+
+#: Marks the sidecars :func:`write_class_sidecars` writes (so stale ones can be recognised).
+SIDECAR_MARK = "written by ndgeo: class legend"
+
+
+def class_sidecar_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """The GDAL PAM sidecar (``OUT.aux.xml``) and QGIS style (``OUT.qml``) of a class raster."""
+    path = Path(path)
+    return path.with_name(path.name + ".aux.xml"), path.with_suffix(".qml")
+
+
+def write_class_sidecars(path: str | os.PathLike, classes: Sequence[ClassInfo]) -> list[Path]:
+    """Legend files beside the class raster ``path``, each written atomically:
+
+    - ``OUT.aux.xml``: GDAL category names and a thematic raster attribute table (value, class
+      name, RGBA), which ArcGIS and GDAL-based tools show as the legend;
+    - ``OUT.qml``: a QGIS paletted style with the class names and colours, which QGIS loads
+      with the layer.
+    """
+    from xml.sax.saxutils import escape, quoteattr
+
+    aux, qml = class_sidecar_paths(path)
+    ordered = sorted(classes, key=lambda c: c.value)
+    by_value = {c.value: c for c in ordered}
+    top = max(by_value, default=0)
+    categories = "".join(
+        f"        <Category>{escape(by_value[v].name) if v in by_value else ''}</Category>\n"
+        for v in range(top + 1)
+    )
+    fields = [("Value", 0, 5), ("Class", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8),
+              ("Alpha", 0, 9)]  # (name, GDAL field type, usage): GFU_MinMax, Name, RGBA
+    defs = "".join(f'      <FieldDefn index="{i}"><Name>{n}</Name><Type>{t}</Type>'
+                   f"<Usage>{u}</Usage></FieldDefn>\n" for i, (n, t, u) in enumerate(fields))
+    rows = "".join(
+        f'      <Row index="{i}"><F>{c.value}</F><F>{escape(c.name)}</F>'
+        + "".join(f"<F>{v}</F>" for v in (*c.color, 255)) + "</Row>\n"
+        for i, c in enumerate(ordered)
+    )
+    aux_text = (
+        f"<PAMDataset>\n  <!-- {SIDECAR_MARK} -->\n  <PAMRasterBand band=\"1\">\n"
+        f"    <CategoryNames>\n{categories}    </CategoryNames>\n"
+        f'    <GDALRasterAttributeTable tableType="thematic">\n{defs}{rows}'
+        "    </GDALRasterAttributeTable>\n  </PAMRasterBand>\n</PAMDataset>\n"
+    )
+    entries = "".join(
+        f'        <paletteEntry value="{c.value}" color="#{c.color[0]:02x}{c.color[1]:02x}'
+        f'{c.color[2]:02x}" alpha="255" label={quoteattr(c.name)}/>\n' for c in ordered
+    )
+    qml_text = (
+        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+        '<qgis version="3.28" styleCategories="AllStyleCategories">\n'
+        f"  <!-- {SIDECAR_MARK} -->\n  <pipe>\n"
+        '    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" '
+        'nodataColor="">\n      <rasterTransparency/>\n'
+        f"      <colorPalette>\n{entries}      </colorPalette>\n"
+        "    </rasterrenderer>\n"
+        '    <brightnesscontrast brightness="0" contrast="0" gamma="1"/>\n'
+        '    <huesaturation saturation="0" colorizeOn="0" grayscaleMode="0"/>\n'
+        '    <rasterresampler maxOversampling="2"/>\n  </pipe>\n  <blendMode>0</blendMode>\n'
+        "</qgis>\n"
+    )
+    for target, text in ((aux, aux_text), (qml, qml_text)):
+        with atomic_path(target, overwrite=True) as tmp:
+            try:
+                tmp.write_text(text, encoding="utf-8")
+            except OSError as exc:
+                raise write_error(target, exc) from exc
+    return [aux, qml]
+
+
+def remove_class_sidecars(path: str | os.PathLike) -> None:
+    """Remove legend sidecars that :func:`write_class_sidecars` left for an earlier file at
+    ``path`` (after it was overwritten by an output that is not a class map)."""
+    for sidecar in class_sidecar_paths(path):
+        try:
+            if SIDECAR_MARK in sidecar.read_text(encoding="utf-8", errors="replace")[:300]:
+                sidecar.unlink()
+        except OSError:
+            pass
