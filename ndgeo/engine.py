@@ -138,6 +138,29 @@ def _read(
     return raw, valid, dr, dc
 
 
+def process_block(
+    processor: Processor, raw: np.ndarray, valid: np.ndarray,
+    core: tuple[int, int, int, int] | None = None,
+) -> np.ndarray | None:
+    """Run ``processor`` on a raw (C, h, w) block and its valid pixels; return the ``core``
+    (row, col, h, w; default the whole block) with ``out_nodata`` where invalid, in
+    ``out_dtype``. None when the core has no valid pixel. What every engine task (and the
+    xarray accessor, per dask chunk) computes."""
+    dr, dc, h, w = core or (0, 0, *valid.shape)
+    inside = valid[dr : dr + h, dc : dc + w]
+    if not inside.any():
+        return None
+    block = raw if processor.raw_input else to_float(raw, valid)
+    result = np.asarray(processor(block, valid))
+    expected = (processor.out_count, *valid.shape)
+    if result.shape != expected:
+        raise ValueError(
+            f"{type(processor).__name__} returned shape {result.shape}, expected {expected}"
+        )
+    result = result[:, dr : dr + h, dc : dc + w]
+    return np.where(inside, result, processor.out_nodata).astype(processor.out_dtype)
+
+
 def _process_window(
     source: xr.DataArray,
     processor: Processor,
@@ -150,19 +173,7 @@ def _process_window(
     """One task: read, mask, process, crop. None when the window has no valid pixel."""
     with rasterio.Env(**gdal_env):
         raw, valid, dr, dc = _read(source, window, processor.halo, shape, nodata, mask)
-    block = raw if processor.raw_input else to_float(raw, valid)
-    h, w = window[2:]
-    core = valid[dr : dr + h, dc : dc + w]
-    if not core.any():
-        return None
-    result = np.asarray(processor(block, valid))
-    expected = (processor.out_count, *valid.shape)
-    if result.shape != expected:
-        raise ValueError(
-            f"{type(processor).__name__} returned shape {result.shape}, expected {expected}"
-        )
-    result = result[:, dr : dr + h, dc : dc + w]
-    return np.where(core, result, processor.out_nodata).astype(processor.out_dtype)
+    return process_block(processor, raw, valid, (dr, dc, *window[2:]))
 
 
 def _window_stats(

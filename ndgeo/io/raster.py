@@ -310,3 +310,48 @@ def read_float_block(
     pixels (nodata, non-finite, GDAL mask), and the valid mask."""
     raw, valid = read_block(src, info, positions, window)
     return to_float(raw, valid), valid
+
+
+def info_from_dataarray(
+    data, *, bands: Sequence[str] | None = None, sensor: str | None = None,
+    nodata: float | None = None,
+) -> RasterInfo:
+    """RasterInfo of a (band, y, x) DataArray (e.g. ``rioxarray.open_rasterio(path,
+    chunks=...)``): band names from ``bands``, a string ``band`` coordinate or the
+    ``long_name`` attribute; CRS, transform and nodata from ``.rio``; GDAL scale/offset from
+    the ``scale_factor`` / ``add_offset`` attributes."""
+    import rioxarray  # noqa: F401  (registers .rio)
+
+    if data.ndim != 3 or data.dims[0] != "band":
+        raise NdgeoError(f"need a (band, y, x) DataArray, got dims {data.dims}")
+    count, height, width = (int(n) for n in data.shape)
+    dtype = str(data.dtype)
+    if dtype not in SUPPORTED_DTYPES:
+        raise NdgeoError(f"unsupported pixel type {dtype!r}; supported: "
+                         f"{', '.join(SUPPORTED_DTYPES)}")
+    descriptions = [None] * count
+    coord = data.coords["band"].values if "band" in data.coords else []
+    if len(coord) == count and all(isinstance(v, str) for v in coord):
+        descriptions = [str(v) for v in coord]
+    elif isinstance(data.attrs.get("long_name"), tuple | list):
+        descriptions = [str(v) for v in data.attrs["long_name"]]
+    if nodata is not None:
+        check_nodata(nodata, dtype, what="nodata")
+    file_nodata = data.rio.nodata if nodata is None else nodata
+    chunks = getattr(data, "chunks", None)
+    block = (int(chunks[1][0]), int(chunks[2][0])) if chunks else (height, width)
+
+    def per_band(name: str, default: float) -> tuple[float, ...]:
+        value = data.attrs.get(name, default)
+        values = value if isinstance(value, tuple | list) else [value] * count
+        return tuple(float(v) for v in values)
+
+    return RasterInfo(
+        path=str(data.encoding.get("source", "<DataArray>")), width=width, height=height,
+        count=count, dtype=dtype, crs=data.rio.crs, transform=data.rio.transform(),
+        nodata=None if file_nodata is None else float(file_nodata),
+        bands=tuple(resolve_bands(descriptions, bands=bands, sensor=sensor)),
+        block_shape=block, bounds=tuple(data.rio.bounds()),
+        res=tuple(abs(r) for r in data.rio.resolution()),
+        scales=per_band("scale_factor", 1.0), offsets=per_band("add_offset", 0.0),
+    )
