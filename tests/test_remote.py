@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import rasterio.windows
 from typer.testing import CliRunner
 
+from ndgeo.checkpoint import load_model
 from ndgeo.cli import app
 
 runner = CliRunner()
@@ -108,3 +110,31 @@ def test_missing_remote_file_is_one_line_with_gdal_message(served, tmp_path):
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "nope.tif" in lines[0], result.output
+
+
+def test_labelled_tile_folders_train_and_report_unmatched_tiles(sample_scene, tmp_path):
+    """--images 'chips/*.tif' --labels 'masks/{stem}.tif': four chips of the sample, three
+    with masks; the one without is reported and the others train."""
+    (tmp_path / "chips").mkdir()
+    (tmp_path / "masks").mkdir()
+    with rasterio.open(sample_scene.image) as img, rasterio.open(sample_scene.labels_raster) as lab:
+        half = img.width // 2
+        for k, (row, col) in enumerate([(0, 0), (0, half), (half, 0), (half, half)]):
+            window = rasterio.windows.Window(col, row, half, half)
+            for src, folder in ((img, "chips"), (lab, "masks")):
+                if folder == "masks" and k == 3:
+                    continue
+                profile = {**src.profile, "width": half, "height": half,
+                           "transform": src.window_transform(window), "tiled": False}
+                with rasterio.open(tmp_path / folder / f"chip{k}.tif", "w", **profile) as dst:
+                    dst.write(src.read(window=window))
+                    dst.descriptions = src.descriptions
+                    dst.update_tags(**src.tags())
+    out = tmp_path / "chips.safetensors"
+    result = runner.invoke(app, ["train", "--images", str(tmp_path / "chips" / "*.tif"),
+                                 "--labels", str(tmp_path / "masks" / "{stem}.tif"), "-o",
+                                 str(out), "--epochs", "2", "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert "1 image(s) without labels" in result.output and "chip3.tif" in result.output
+    _, meta = load_model(out)
+    assert meta["training"]["n_train"] + meta["training"]["n_val"] > 0

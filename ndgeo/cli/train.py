@@ -25,8 +25,21 @@ _DEFAULTS = TrainConfig()
 
 
 def _scenes(image: str | None, labels: str | None, scene: list[str] | None,
-            manifest: Path | None) -> list[tuple[Path, Path]]:
+            manifest: Path | None, images: str | None = None,
+            chip_labels: str | None = None) -> list[tuple[Path, Path]]:
     pairs: list[tuple[Path, Path]] = []
+    if (images is None) != (chip_labels is None):
+        raise NdgeoError("--images and --labels go together, e.g. --images 'chips/*.tif' "
+                         "--labels 'masks/{stem}.tif'")
+    if images is not None:
+        from ndgeo.io.labels import match_chips
+
+        chips, missing = match_chips(images, chip_labels)
+        if missing:
+            err_console.print(f"[yellow]warning:[/] {len(missing)} image(s) without labels "
+                              f"skipped: {', '.join(p.name for p in missing[:5])}"
+                              + (" ..." if len(missing) > 5 else ""), highlight=False)
+        pairs += chips
     if image is not None:
         if labels is None:
             raise NdgeoError("give LABELS after IMAGE (a class raster or a vector file)")
@@ -41,7 +54,8 @@ def _scenes(image: str | None, labels: str | None, scene: list[str] | None,
 
         pairs += read_manifest(manifest)
     if not pairs:
-        raise NdgeoError("nothing to train on: give IMAGE LABELS, --scene IMAGE,LABELS or --manifest")
+        raise NdgeoError("nothing to train on: give IMAGE LABELS, --scene IMAGE,LABELS, "
+                         "--manifest or --images/--labels")
     return pairs
 
 
@@ -86,6 +100,8 @@ def train(
     labels: str | None = typer.Argument(None, help="Labels: class raster (0 = unlabeled) or vector file (GeoPackage, Shapefile, GeoJSON)."),
     out: Path = typer.Option(..., "-o", "--output", help="Model file to write (.safetensors)."),
     scene: list[str] | None = typer.Option(None, "--scene", help="Another IMAGE,LABELS pair (repeatable)."),
+    images: str | None = typer.Option(None, "--images", help="Glob of image tiles (quote it), e.g. 'chips/*.tif'; with --labels."),
+    chip_labels: str | None = typer.Option(None, "--labels", help="Label file of each --images tile, with {stem} or {name}, e.g. 'masks/{stem}.tif'; tiles without one are reported and skipped."),
     manifest: Path | None = typer.Option(None, "--manifest", help="CSV (image,labels per line) or TOML (\\[\\[scene]] image=, labels=) listing scenes."),
     label_field: str = typer.Option("class", "--label-field", help="Attribute holding the class of vector labels (string or integer)."),
     classes_file: Path | None = typer.Option(None, "--classes", help="CSV (value,name,color lines) or JSON listing the classes: the values class maps write, their names and colours (#rrggbb); labels match by value or name. Default: a label raster's own values and colour table, integer fields' integers, string classes 1..n."),
@@ -156,7 +172,7 @@ def train(
                     bar(epoch, total, row)
 
             run = train_job(
-                _scenes(image, labels, scene, manifest), out, config, compare=compare,
+                _scenes(image, labels, scene, manifest, images, chip_labels), out, config, compare=compare,
                 budgets=(1, 2, 3, None) if max_bands is not None and budget_table else (),
                 report_path=report_path, overwrite=overwrite, progress=progress, log=log,
                 label_field=label_field, class_table=classes_file,

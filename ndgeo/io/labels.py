@@ -112,7 +112,7 @@ class TrainingPixels:
     def describe(self) -> str:
         """One readable line: pixels, bands by name, classes, what was excluded."""
         values = {c.name: c.value for c in self.classes_info()}
-        classes = ", ".join(f"{k} (value {values.get(k, '?')}) {n}"
+        classes = ", ".join(f"{k} (value {values.get(k, '?')}) {n} px"
                             for k, n in self.class_counts.items())
         dropped = ", ".join(f"{k} {n}" for k, n in self.excluded.items() if n)
         text = (f"{len(self)} labelled pixels from {', '.join(self.scene_ids)}; "
@@ -305,6 +305,28 @@ def _dataset(path: str | Path) -> str | Path:
 
 def _base(path: str | Path) -> str:
     return os.path.basename(str(path))
+
+
+def match_chips(images: str, labels: str) -> tuple[list[tuple[Path, Path]], list[Path]]:
+    """``(image, labels)`` pairs of a labelled tile folder, as datasets ship: ``images`` is a
+    glob (``chips/*.tif``), ``labels`` a pattern with ``{stem}`` (and/or ``{name}``) of each
+    image (``masks/{stem}.tif``). Returns the pairs and the images without a label file."""
+    import glob
+
+    found = sorted(Path(p) for p in glob.glob(os.path.expanduser(images)))
+    if not found:
+        raise NdgeoError(f"--images {images!r} matches no file")
+    if "{stem}" not in labels and "{name}" not in labels:
+        raise NdgeoError(f"--labels {labels!r} must name each image's label file with {{stem}} "
+                         "or {name}, e.g. 'masks/{stem}.tif'")
+    pairs, missing = [], []
+    for image in found:
+        label = Path(labels.format(stem=image.stem, name=image.name))
+        (pairs.append((image, label)) if label.exists() else missing.append(image))
+    if not pairs:
+        raise NdgeoError(f"no image of {images!r} has a label file {labels!r} (first looked "
+                         f"for: {labels.format(stem=found[0].stem, name=found[0].name)})")
+    return pairs, missing
 
 
 def read_manifest(path: str | Path) -> list[tuple[Path, Path]]:
@@ -542,6 +564,14 @@ def _vector_label_tiles(src, labels_path: Path, label_field: str):
         info = pyogrio.read_info(labels_path)
     except pyogrio.errors.DataSourceError as exc:
         raise NdgeoError(f"cannot read labels {labels_path}: {exc}") from exc
+    if info.get("geometry_type") is None:  # a plain table, e.g. a CSV of x/y points
+        raise NdgeoError(
+            f"labels {labels_path} have no geometries (a table such as a CSV of x/y points is not "
+            f"supported); give a class raster ({', '.join(sorted(RASTER_SUFFIXES))}) or vector "
+            "features (GeoPackage, Shapefile, GeoJSON, FlatGeobuf: any OGR format), e.g. "
+            "`ogr2ogr -oo X_POSSIBLE_NAMES=x -oo Y_POSSIBLE_NAMES=y -a_srs EPSG:32633 "
+            "points.gpkg points.csv`"
+        )
     fields = list(info["fields"])
     if label_field not in fields:
         raise NdgeoError(
