@@ -103,9 +103,9 @@ def test_index_and_train_read_remote_images(served, tmp_path):
     assert result.exit_code == 0, result.output
 
 
-def test_missing_remote_file_is_one_line_with_gdal_message(served, tmp_path):
+def test_missing_remote_file_is_one_line_with_gdal_message(served, nd_model, tmp_path):
     base, _ = served
-    result = runner.invoke(app, ["apply", "x.safetensors", f"/vsicurl/{base}/nope.tif", "-o",
+    result = runner.invoke(app, ["apply", str(nd_model.path), f"/vsicurl/{base}/nope.tif", "-o",
                                  str(tmp_path / "o.tif")])
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
