@@ -477,3 +477,40 @@ def test_report_labels_bands_by_name_and_letter_and_draws_the_baseline(scene, tm
     assert [m["model"].split()[0] for m in described["models"]] == ["nd", "mlp"]
     assert "MLP model" in image.text["Title"]
     assert image.size[0] > 4 * image.size[1]  # four panels: the comparison is drawn
+
+
+# -- 7: the README's formula example, as printed -------------------------------------------------
+
+
+def readme_session(heading: str) -> list[tuple[str, list[str]]]:
+    """(command, expected output lines) of the first ``text`` block after ``heading``."""
+    text = (REPO / "README.md").read_text()
+    block = text[text.index(heading):].split("```text\n", 1)[1].split("```", 1)[0]
+    session: list[tuple[str, list[str]]] = []
+    for line in block.splitlines():
+        if line.startswith("$ "):
+            session.append((line[2:], []))
+        else:
+            session[-1][1].append(line)
+    return session
+
+
+def test_readme_formula_example_is_reproducible_as_printed(tmp_path, monkeypatch):
+    """Old behaviour: it used a file the repository does not ship, and printed another
+    formula than the command gives."""
+    (tmp_path / "sample_data").symlink_to(REPO / "sample_data")
+    monkeypatch.chdir(tmp_path)
+    session = readme_session("### `ndgeo formula MODEL")
+    assert len(session) == 3
+    for command, expected in session:
+        argv = shlex.split(command)
+        assert argv[0] == "ndgeo"
+        result = runner.invoke(app, argv[1:])
+        assert result.exit_code == 0, (command, result.output)
+        got = result.stdout.splitlines()
+        # Printed numbers may move in their last digit on another CPU; nothing else may.
+        number = re.compile(r"-?\d+\.\d+")
+        assert [number.sub("#", ln) for ln in got] == [number.sub("#", ln) for ln in expected]
+        for a, b in zip(number.findall("\n".join(got)), number.findall("\n".join(expected)),
+                        strict=True):
+            assert abs(float(a) - float(b)) <= 1.5 * 10.0 ** -len(b.split(".")[1]), (a, b)

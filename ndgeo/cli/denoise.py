@@ -12,7 +12,7 @@ from ndgeo.cli.app import app, console, is_quiet
 from ndgeo.cli.apply import run_command
 from ndgeo.cli.options import parse_list
 from ndgeo.cli.present import print_json, step_progress
-from ndgeo.cli.train import given
+from ndgeo.cli.train import given, warn
 from ndgeo.config import SIGMA_RULE, DenoiseConfig
 from ndgeo.errors import NdgeoError
 
@@ -50,8 +50,8 @@ def denoise_train(
     from ndgeo.training.denoiser import train_denoiser
 
     if backbone == "ne-arch" and given(ctx, "wne", "pooling"):
-        raise NdgeoError(f"{', '.join(given(ctx, 'wne', 'pooling'))} do not apply to --backbone "
-                         "ne-arch (equivariant by construction, never wrapped)")
+        warn(f"--backbone ne-arch is equivariant by construction and never wrapped: "
+             f"{', '.join(given(ctx, 'wne', 'pooling'))} ignored")
     if not wne and given(ctx, "pooling"):
         raise NdgeoError("--pooling sets the WNE statistics; with --no-wne there are none")
     check_output(out, overwrite=overwrite, inputs=images)
