@@ -75,7 +75,8 @@ def warn(text: str) -> None:
 _ND_OPTIONS = ("indices", "depth", "pairwise", "head_norm", "head", "head_hidden", "max_bands")
 
 
-def _check_train_options(ctx: typer.Context, *, model: str, split: str) -> None:
+def _check_train_options(ctx: typer.Context, *, model: str, split: str, schedule: str = "cosine",
+                         max_bands: int | None = None, compare: bool = False) -> None:
     """Options that would be ignored or contradict each other: an error (or a warning where
     the run is still what was asked for), never silence."""
     if model == "mlp":
@@ -89,6 +90,16 @@ def _check_train_options(ctx: typer.Context, *, model: str, split: str) -> None:
     if given(ctx, "pairwise") and given(ctx, "indices"):
         raise NdgeoError("--pairwise learns one index per band pair (n(n-1)/2 for n bands), so "
                          "--indices would be ignored; drop one of them")
+    if schedule != "plateau" and given(ctx, "patience"):
+        raise NdgeoError("--patience is the early stopping of --schedule plateau; the cosine "
+                         "schedule trains its fixed budget")
+    if schedule == "plateau" and given(ctx, "refit"):
+        raise NdgeoError("--refit / --no-refit apply to the cosine schedule; --schedule plateau "
+                         "keeps its best validation checkpoint")
+    if max_bands is None and given(ctx, "budget_table"):
+        raise NdgeoError("--budget-table / --no-budget-table apply with --max-bands")
+    if model == "nd" and not compare and given(ctx, "mlp_hidden"):
+        raise NdgeoError("--mlp-hidden shapes the MLP baseline: give --model mlp or --compare")
     if split == "random" and given(ctx, "block_size"):
         warn("--block-size only shapes the block split; --split random ignores it")
 
@@ -145,7 +156,8 @@ def train(
     from ndgeo.training.classifier import train as train_job
 
     quiet = is_quiet(ctx)
-    _check_train_options(ctx, model=model, split=split)
+    _check_train_options(ctx, model=model, split=split, schedule=schedule, max_bands=max_bands,
+                         compare=compare)
     if report is not None and no_report:
         raise NdgeoError("--report and --no-report contradict each other; give one")
     hidden = parse_list(head_hidden)
