@@ -59,4 +59,4 @@ def test_entropy_and_margin_stay_in_range_and_agree_with_proba(nd_model, sample_
     top = np.sort(p, axis=0)
     np.testing.assert_allclose(margin[valid], top[-1] - top[-2], atol=1e-6)
     assert entropy[valid].min() >= 0 and entropy[valid].max() <= math.log(n) + 1e-6
-    assert 0 <= margin[valid].min() and margin[valid].max() <= 1
+    assert margin[valid].min() >= 0 and margin[valid].max() <= 1

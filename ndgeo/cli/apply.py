@@ -66,6 +66,7 @@ def apply_cmd(
     offset: float | None = opt.OFFSET,
     band_names: str | None = opt.BAND_NAMES,
     sensor: str | None = opt.SENSOR,
+    grid: str | None = opt.GRID,
     nodata: float | None = opt.NODATA,
     chunk_size: int = opt.CHUNK,
     scheduler: str | None = opt.SCHEDULER,
@@ -85,7 +86,7 @@ def apply_cmd(
 
     load_classifier(model)  # MODEL first: swapped arguments get "MODEL comes first"
     info = open_raster(image, bands=parse_list(band_names), sensor=sensor, nodata=nodata,
-                       scale=scale, offset=offset)
+                       scale=scale, offset=offset, grid=grid)
     execution = opt.execution(chunk_size, scheduler, workers, config, timeout)
     selected = [o for item in products for o in parse_list(item) or []]
     processor, positions = model_processor(model, info, outputs=selected,
@@ -110,6 +111,7 @@ def index_cmd(
     offset: float | None = opt.OFFSET,
     band_names: str | None = opt.BAND_NAMES,
     sensor: str | None = opt.SENSOR,
+    grid: str | None = opt.GRID,
     nodata: float | None = opt.NODATA,
     chunk_size: int = opt.CHUNK,
     scheduler: str | None = opt.SCHEDULER,
@@ -126,7 +128,7 @@ def index_cmd(
     from ndgeo.processors.index import index_processor
 
     info = open_raster(image, bands=parse_list(band_names), sensor=sensor, nodata=nodata,
-                       scale=scale, offset=offset)
+                       scale=scale, offset=offset, grid=grid)
     execution = opt.execution(chunk_size, scheduler, workers, config, timeout)
     processor, positions = index_processor(
         info, names=parse_list(name) or [], formulas=formula or [], formula_file=formula_file,

@@ -14,9 +14,10 @@ from ndgeo.errors import NdgeoError
 OUTPUT = "-o", "--output"
 
 MODEL = typer.Argument(..., help="Model file written by `ndgeo train`.")
-IMAGE = typer.Argument(..., help="Input raster (any GDAL dataset name; any size).")
+IMAGE = typer.Argument(..., help="Input raster (any GDAL dataset name, or a STAC Item .json; any size).")
 BAND_NAMES = typer.Option(None, "--band-names", help="Name every image band (comma-separated), overriding its descriptions.")
 SENSOR = typer.Option(None, "--sensor", help="Sensor preset naming the bands: sentinel-2, landsat-8, landsat-9, landsat-7, generic.")
+GRID = typer.Option(None, "--grid", help="STAC Item input: the band whose grid the others are resampled onto (asset key or band name, e.g. B04); default the finest.")
 NODATA = typer.Option(None, "--nodata", help="Input nodata value, overriding the file's.")
 SCALE = typer.Option(None, "--scale", help="Physical value = raw x SCALE + OFFSET for every band, overriding the file's GDAL scale metadata (e.g. 0.0001 for reflectance x 10000).")
 OFFSET = typer.Option(None, "--offset", help="Offset of that conversion, overriding the file's metadata (e.g. -0.1 with --scale 0.0001 for Sentinel-2 L2A from processing baseline 04.00 when the file does not declare it).")

@@ -31,6 +31,7 @@ from rasterio.windows import Window
 
 from ndgeo.bands import Band, resolve_bands
 from ndgeo.errors import NdgeoError
+from ndgeo.io.stac import is_stac_item, item_vrt
 
 #: Pixel types ndgeo reads; every block is converted to float32 for processing.
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
@@ -78,14 +79,21 @@ def open_raster(
     scale: float | None = None,
     offset: float | None = None,
     what: str = "input raster",
+    grid: str | None = None,
 ) -> RasterInfo:
-    """Open and validate an input raster (``what`` names it in error messages).
+    """Open and validate an input raster (``what`` names it in error messages). A STAC Item
+    (``.json``) becomes the VRT of its band assets (:mod:`ndgeo.io.stac`) on the grid of band
+    ``grid`` (default the finest).
 
     ``bands`` renames the bands (one name per band), ``sensor`` resolves sensor band ids, and
     ``nodata`` overrides the file's nodata value (it must fit the pixel type). ``scale`` and
     ``offset`` (physical = raw x scale + offset) override the GDAL metadata of every band.
     """
     path = dataset_name(path)
+    if grid is not None and not is_stac_item(path):
+        raise NdgeoError("--grid picks a band grid of a STAC Item; this input is not one")
+    if is_stac_item(path):
+        path = item_vrt(path, grid)
     if not is_remote(path):
         if not os.path.exists(path):
             raise NdgeoError(f"{what} not found: {path}")
@@ -140,11 +148,13 @@ def open_raster(
 
 
 #: Prefixes of GDAL dataset names that are not local files (checked by GDAL, not os.path).
-_REMOTE_PREFIXES = ("/vsi", "http://", "https://", "ftp://", "s3://", "gs://", "az://")
+_REMOTE_PREFIXES = ("/vsi", "http://", "https://", "ftp://", "s3://", "gs://", "az://",
+                    "<VRTDataset")
 
 
 def is_remote(name: str) -> bool:
-    """True for GDAL virtual file systems and URLs (``/vsicurl/...``, ``https://...``)."""
+    """True for GDAL virtual file systems, URLs (``/vsicurl/...``, ``https://...``) and inline
+    VRT XML (a STAC Item's band stack): names GDAL checks, not ``os.path``."""
     return str(name).startswith(_REMOTE_PREFIXES)
 
 
