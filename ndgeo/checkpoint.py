@@ -13,6 +13,7 @@ Two tasks exist: ``classifier`` (pixel classifiers, config kinds ``nd`` and ``ml
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from collections import OrderedDict
@@ -113,15 +114,151 @@ def load_model(
         raise NdgeoError(f"{path} is not a valid safetensors file: {err}") from err
     try:
         meta = json.loads(header[METADATA_KEY])
-        config = meta["config"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise NdgeoError(f"{path} has unreadable ndgeo metadata: {err!r}") from err
-    model = build_model(config)
+    except (ValueError, TypeError) as err:
+        raise NdgeoError(f"{path} has unreadable ndgeo metadata: {err}") from err
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise NdgeoError(f"{path}: weights do not match config {config}: {err}") from err
+        check_metadata(meta)
+        try:
+            model = build_model(meta["config"])
+        except NdgeoError as err:
+            raise ValueError(str(err)) from None
+        _check_tensors(model, state)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:  # what the checks above missed: torch's first line
+            raise ValueError(f"weights do not match the config: {str(err).splitlines()[0]}"
+                             ) from None
+    except ValueError as err:
+        raise NdgeoError(f"{path} is not a valid ndgeo model file: {err}") from None
     return model.to(map_location).eval(), meta
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_metadata(meta: object) -> None:
+    """Raise ValueError naming the first problem of a model file's ndgeo metadata: the
+    schema (``config`` with a known kind, ``bands``, a classifier's ``classes``, a denoiser's
+    statistics) and its agreement with the config (band and class counts)."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"metadata must be a JSON object, got {type(meta).__name__}")
+    config = meta.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("kind"), str):
+        raise ValueError("metadata 'config' must be an object with a 'kind'")
+    task = meta.get("task")
+    if task not in (None, DENOISE_TASK):
+        raise ValueError(f"unknown task {task!r} (known: {DENOISE_TASK!r} or none)")
+    kind = config["kind"]
+    from ndgeo.nn.registry import MODEL_KINDS
+
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; known kinds: "
+                         f"{', '.join(sorted(MODEL_KINDS))}")
+    if task is None and kind not in CLASSIFIER_KINDS:
+        raise ValueError(f"config kind {kind!r} is not a classifier ({', '.join(CLASSIFIER_KINDS)})"
+                         f" and the file has no task {DENOISE_TASK!r}")
+    if task == DENOISE_TASK and kind in CLASSIFIER_KINDS:
+        raise ValueError(f"a denoiser file with the classifier config kind {kind!r}")
+    if "eps" in meta and not (_number(meta["eps"]) and meta["eps"] > 0):
+        raise ValueError(f"'eps' must be a positive number, got {meta['eps']!r}")
+    bands = meta.get("bands")
+    if not isinstance(bands, list) or not bands:
+        raise ValueError("metadata 'bands' must be a non-empty list of {name, letter}")
+    for i, band in enumerate(bands):
+        if not isinstance(band, dict) or not isinstance(band.get("name"), str) or not band["name"]:
+            raise ValueError(f"band {i} must be an object with a non-empty 'name', got {band!r}")
+        if band.get("letter") is not None and not isinstance(band["letter"], str):
+            raise ValueError(f"band {band['name']!r}: 'letter' must be a string or null")
+    names = [b["name"] for b in bands]
+    if len(set(names)) != len(names):
+        raise ValueError(f"band names repeat: {', '.join(names)}")
+    if task == DENOISE_TASK:
+        _check_denoiser(meta, config, len(bands))
+    else:
+        _check_classifier(meta, config, len(bands))
+
+
+def _check_classifier(meta: dict, config: dict, n_bands: int) -> None:
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or not classes:
+        raise ValueError("metadata 'classes' must be a non-empty list of {id, name, color}")
+    values = []
+    for i, entry in enumerate(classes):
+        if not isinstance(entry, dict):
+            raise ValueError(f"class {i} must be an object, got {entry!r}")
+        if not _integer(entry.get("id")):
+            raise ValueError(f"class {i} has no integer 'id': {entry!r}")
+        if not isinstance(entry.get("name"), str) or not entry["name"]:
+            raise ValueError(f"class {entry['id']} has no 'name'")
+        color = entry.get("color")
+        if color is not None and not _color(color):
+            raise ValueError(f"class {entry['id']}: 'color' must be '#rrggbb' or [r, g, b], "
+                             f"got {color!r}")
+        value = entry.get("value", entry["id"] + 1)
+        if not _integer(value) or not 1 <= value <= 65535:
+            raise ValueError(f"class {entry['id']}: 'value' must be an integer 1..65535 (0 is "
+                             f"nodata), got {value!r}")
+        values.append(value)
+    ids = sorted(c["id"] for c in classes)
+    if ids != list(range(len(classes))):
+        raise ValueError(f"class ids must be 0..{len(classes) - 1}, each once; got {ids}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"class values repeat: {values}")
+    for key, count, what in (("in_bands", n_bands, "bands"), ("n_classes", len(classes),
+                                                               "classes")):
+        if key in config and config[key] != count:
+            raise ValueError(f"the model has {key}={config[key]!r} but the file lists {count} "
+                             f"{what}")
+
+
+def _color(color: object) -> bool:
+    if isinstance(color, str):
+        return len(color) == 7 and color[0] == "#" and all(
+            c in "0123456789abcdefABCDEF" for c in color[1:])
+    return (isinstance(color, list) and len(color) in (3, 4)
+            and all(_integer(v) and 0 <= v <= 255 for v in color))
+
+
+def _check_denoiser(meta: dict, config: dict, n_bands: int) -> None:
+    for key in ("data_min", "data_range", "sigma"):
+        if not _number(meta.get(key)):
+            raise ValueError(f"denoiser metadata {key!r} must be a number, got {meta.get(key)!r}")
+    for key in ("data_range", "sigma"):
+        if meta[key] <= 0:
+            raise ValueError(f"denoiser metadata {key!r} must be > 0, got {meta[key]!r}")
+    for key in ("halo", "receptive_field", "tile_alignment"):
+        if key in meta and not (_integer(meta[key]) and meta[key] >= 0):
+            raise ValueError(f"denoiser metadata {key!r} must be an integer >= 0, got "
+                             f"{meta[key]!r}")
+    backbone = config.get("backbone") if isinstance(config.get("backbone"), dict) else config
+    if "channels" in backbone and backbone["channels"] != n_bands:
+        raise ValueError(f"the denoiser has channels={backbone['channels']!r} but the file lists "
+                         f"{n_bands} bands")
+
+
+def _check_tensors(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """The file's tensors are exactly the architecture's: names, shapes, finite values."""
+    expected = model.state_dict()
+    for name, tensor in expected.items():
+        if name not in state:
+            raise ValueError(f"tensor {name!r} of the architecture is missing")
+        found = state[name]
+        if tuple(found.shape) != tuple(tensor.shape):
+            raise ValueError(f"tensor {name!r} has shape {tuple(found.shape)}, the architecture "
+                             f"in the config needs {tuple(tensor.shape)}")
+        if found.is_floating_point() != tensor.is_floating_point():
+            raise ValueError(f"tensor {name!r} is {found.dtype}, the architecture needs "
+                             f"{tensor.dtype}")
+        if found.is_floating_point() and not bool(torch.isfinite(found).all()):
+            raise ValueError(f"tensor {name!r} holds NaN or infinite values")
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise ValueError(f"tensor {extra[0]!r} is not part of the architecture in the config")
 
 
 def model_task(meta: dict[str, Any]) -> str:

@@ -13,9 +13,10 @@ from ndgeo.checkpoint import load_model, save_model
 from ndgeo.errors import NdgeoError
 from ndgeo.nn import MLP, NDClassifier
 
-META = {
-    "bands": [{"name": "B04", "letter": "R"}, {"name": "B08", "letter": "N"}],
-    "classes": [{"id": 1, "name": "crop", "color": "#00ff00"}, {"id": 2, "name": "bare"}],
+META = {  # a complete, consistent file: the models below read 4 bands into 2 classes
+    "bands": [{"name": "B02", "letter": "B"}, {"name": "B03", "letter": "G"},
+              {"name": "B04", "letter": "R"}, {"name": "B08", "letter": "N"}],
+    "classes": [{"id": 0, "name": "crop", "color": "#00ff00"}, {"id": 1, "name": "bare"}],
     "training": {"epochs": 3, "lr": 0.01},
     "metrics": {"val_accuracy": 0.875},
 }
@@ -68,10 +69,10 @@ def test_overwrite_and_failed_save_leave_a_valid_file(tmp_path):
     path = tmp_path / "model.safetensors"
     first, second = _models()["nd-stacked"], _trained(_models()["nd-stacked"])
     save_model(path, first, META)
-    save_model(path, second, {"metrics": {"val_accuracy": 0.9}})
+    save_model(path, second, {**META, "metrics": {"val_accuracy": 0.9}, "training": None})
     loaded, meta = load_model(path)
     assert torch.equal(loaded.nd_layers[0].raw_pos, second.nd_layers[0].raw_pos)
-    assert meta["metrics"] == {"val_accuracy": 0.9} and "bands" not in meta
+    assert meta["metrics"] == {"val_accuracy": 0.9} and meta["training"] is None
     with pytest.raises(NdgeoError, match="JSON"):
         save_model(path, first, {"bad": object()})
     assert load_model(path)[1]["metrics"] == {"val_accuracy": 0.9}
@@ -142,8 +143,9 @@ def test_truncated_empty_and_foreign_files_are_refused(tmp_path):
 
     mismatched = tmp_path / "mismatched.safetensors"
     config = _models()["nd-stacked"].config()
-    save_file({"w": torch.zeros(2)}, mismatched, metadata={"ndgeo": json.dumps({"config": config})})
-    with pytest.raises(NdgeoError, match="do not match"):
+    save_file({"w": torch.zeros(2)}, mismatched,
+              metadata={"ndgeo": json.dumps({**META, "config": config})})
+    with pytest.raises(NdgeoError, match="tensor .* is missing"):
         load_model(mismatched)
 
     with pytest.raises(NdgeoError, match="not found"):

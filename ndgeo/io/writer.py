@@ -11,15 +11,18 @@ gives all-zero overviews: https://github.com/corteva/rioxarray/issues/410).
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -53,6 +56,7 @@ def creation_profile(
     win; PREDICTOR and level defaults are dropped when the chosen compression does not use them.
     """
     user = {str(k).upper(): str(v) for k, v in (creation_options or {}).items()}
+    check_creation_options(user)
     is_float = np.dtype(dtype).kind == "f"
     compress = user.get("COMPRESS", "ZSTD" if is_float else "DEFLATE").upper()
     profile = {
@@ -75,6 +79,106 @@ def creation_profile(
     return profile
 
 
+#: GTiff creation options when the GDAL library cannot be asked (see
+#: :func:`_driver_creation_options`): GDAL 3.10's list for the keys ndgeo users set. Unknown
+#: keys pass in that case (the table is not complete); with GDAL's own list they are refused.
+_GTIFF_FALLBACK: dict[str, tuple[str, tuple[str, ...]]] = {
+    "COMPRESS": ("string-select", ("NONE", "LZW", "PACKBITS", "JPEG", "CCITTRLE", "CCITTFAX3",
+                                   "CCITTFAX4", "DEFLATE", "LZMA", "ZSTD", "WEBP", "LERC",
+                                   "LERC_DEFLATE", "LERC_ZSTD", "JXL")),
+    "PREDICTOR": ("int", ()), "ZLEVEL": ("int", ()), "ZSTD_LEVEL": ("int", ()),
+    "LZMA_PRESET": ("int", ()), "JPEG_QUALITY": ("int", ()), "WEBP_LEVEL": ("int", ()),
+    "WEBP_LOSSLESS": ("boolean", ()), "MAX_Z_ERROR": ("float", ()), "NBITS": ("int", ()),
+    "NUM_THREADS": ("string", ()), "DISCARD_LSB": ("string", ()),
+    "INTERLEAVE": ("string-select", ("BAND", "PIXEL")), "TILED": ("boolean", ()),
+    "BLOCKXSIZE": ("int", ()), "BLOCKYSIZE": ("int", ()), "SPARSE_OK": ("boolean", ()),
+    "TFW": ("boolean", ()), "BIGTIFF": ("string-select", ("YES", "NO", "IF_NEEDED", "IF_SAFER")),
+    "PHOTOMETRIC": ("string-select", ("MINISBLACK", "MINISWHITE", "PALETTE", "RGB", "CMYK",
+                                      "YCBCR", "CIELAB", "ICCLAB", "ITULAB")),
+    "PROFILE": ("string-select", ("GDALGEOTIFF", "GEOTIFF", "BASELINE")),
+}
+_BOOLEAN = {"YES", "NO", "TRUE", "FALSE", "ON", "OFF", "1", "0"}
+_INTEGER = re.compile(r"\s*[+-]?\d+\s*")
+
+
+def _gdal_library():
+    """ctypes handle on the GDAL library rasterio runs on (found through rasterio's own
+    extension module, so it is exactly that build), or None where it cannot be loaded."""
+    try:
+        import ctypes
+
+        from rasterio import _base
+
+        return ctypes.CDLL(_base.__file__)
+    except (ImportError, OSError):
+        return None
+
+
+@functools.lru_cache(maxsize=4)
+def _driver_creation_options(driver: str) -> tuple[dict[str, tuple[str, tuple[str, ...]]], bool]:
+    """``{KEY: (type, allowed values)}`` of ``driver`` from GDAL's own metadata
+    (``DMD_CREATIONOPTIONLIST``; rasterio has no API for it, so through ctypes) and whether that
+    list is GDAL's (True) or the built-in fallback (False)."""
+    import ctypes
+    import xml.etree.ElementTree as ET
+
+    lib = _gdal_library()
+    text = None
+    try:
+        if lib is not None:
+            lib.GDALAllRegister()
+            lib.GDALGetDriverByName.restype = ctypes.c_void_p
+            lib.GDALGetDriverByName.argtypes = [ctypes.c_char_p]
+            lib.GDALGetMetadataItem.restype = ctypes.c_char_p
+            lib.GDALGetMetadataItem.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
+            handle = lib.GDALGetDriverByName(driver.encode())
+            if handle:
+                text = lib.GDALGetMetadataItem(handle, b"DMD_CREATIONOPTIONLIST", None)
+        options: dict[str, tuple[str, tuple[str, ...]]] = {}
+        for option in ET.fromstring(text.decode()).iter("Option") if text else ():
+            values = []
+            for value in option.iter("Value"):
+                values.append((value.text or "").strip().upper())
+                if value.get("aliasOf"):
+                    values.append(value.get("aliasOf").upper())
+            options[option.get("name", "").upper()] = (option.get("type", "string"),
+                                                       tuple(values))
+    except (AttributeError, OSError, ValueError, ET.ParseError):
+        options = {}
+    if options:
+        return options, True
+    return dict(_GTIFF_FALLBACK), False
+
+
+def check_creation_options(options: Mapping[str, str], driver: str = "GTiff") -> None:
+    """Refuse (one line) a ``--co KEY=VALUE`` that ``driver`` does not know or whose value has
+    the wrong type or is not one of the listed choices; GDAL itself only warns and ignores it."""
+    known, complete = _driver_creation_options(driver)
+    for key, value in options.items():
+        spec = known.get(key.upper())
+        if spec is None:
+            if complete:
+                raise NdgeoError(f"--co {key}={value}: {driver} has no creation option {key} "
+                                 f"(see https://gdal.org/drivers/raster/gtiff.html)")
+            continue
+        kind, choices = spec
+        text = str(value).strip()
+        if kind in ("int", "unsigned int", "integer") and not _INTEGER.fullmatch(text):
+            raise NdgeoError(f"--co {key}={value}: {key} must be an integer")
+        if kind == "unsigned int" and int(text) < 0:
+            raise NdgeoError(f"--co {key}={value}: {key} must be >= 0")
+        if kind == "float":
+            try:
+                float(text)
+            except ValueError:
+                raise NdgeoError(f"--co {key}={value}: {key} must be a number") from None
+        if kind == "boolean" and text.upper() not in _BOOLEAN:
+            raise NdgeoError(f"--co {key}={value}: {key} must be YES or NO")
+        if kind == "string-select" and choices and text.upper() not in choices:
+            raise NdgeoError(f"--co {key}={value}: {key} must be one of "
+                             f"{', '.join(dict.fromkeys(choices))}")
+
+
 _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
 _TEMP_MARK = ".ndgeo-"
 
@@ -85,7 +189,10 @@ def _temp_prefix(target: Path) -> str:
         limit = os.pathconf(target.parent, "PC_NAME_MAX")
     except (OSError, ValueError):
         limit = 255
-    room = limit - len(f".{_TEMP_MARK}{_HOST}-{2**22}-{'0' * 8}.tmp{target.suffix}") - 1
+    # Room for the mark, host, the largest Linux pid (2**22), the token, ".tmp" + suffix and a
+    # GDAL ".aux.xml" sidecar of the temporary.
+    tail = f".{_TEMP_MARK}{_HOST}-{2**22}-{'0' * 8}.tmp{target.suffix}.aux.xml"
+    room = limit - len(tail) - 1
     return f".{target.name[:max(room, 1)]}{_TEMP_MARK}"
 
 
@@ -147,12 +254,39 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process umask (read from /proc where it can be, which changes nothing)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _open_to_umask(path: Path) -> None:
+    """Give ``path`` at least the mode a newly created file gets (0666 & ~umask): safetensors
+    and mkstemp create 0600 files, which other users (cluster workers) could not read."""
+    mode = os.stat(path).st_mode & 0o7777
+    wanted = mode | (0o666 & ~_umask())
+    if wanted != mode:
+        os.chmod(path, wanted)
+
+
 def publish(tmp: str | os.PathLike, target: str | os.PathLike, *, overwrite: bool) -> None:
     """Move the finished ``tmp`` onto ``target`` atomically. Without ``overwrite`` the target is
     created only if absent (a hard link fails on an existing name), so of two runs racing for
     one new output exactly one wins; with it the last finished run replaces the file whole."""
     tmp, target = Path(tmp), Path(target)
-    _fsync(tmp)
+    try:
+        _fsync(tmp)  # a full disk may surface only here (delayed allocation, NFS)
+    except OSError as exc:
+        raise write_error(target, exc) from exc
+    _open_to_umask(tmp)
     if overwrite:
         os.replace(tmp, target)
         return
@@ -184,49 +318,230 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
     try:
         yield tmp
         publish(tmp, target, overwrite=overwrite)
+    except NdgeoError:
+        raise
+    except Exception as exc:  # any writer's full disk (OSError, pyogrio, safetensors): one line
+        if _is_full_disk(exc) or _out_of_space(tmp):
+            raise write_error(target, _NO_SPACE) from exc
+        raise
     finally:
-        for leftover in (tmp, tmp.with_name(tmp.name + ".aux.xml")):
-            leftover.unlink(missing_ok=True)
+        _remove_temporary(tmp)
 
 
-_FULL_DISK = ("no space left", "file too large", "disk quota", "write error", "enospc", "efbig")
+_FULL_DISK = ("no space left", "file too large", "disk quota", "write error", "enospc", "efbig",
+              "io error writing", "seek error", "free disk space")
+
+
+def _causes(cause: object) -> list[str]:
+    """The texts of ``cause`` and of the exceptions it was raised from (rasterio says "Write
+    failed. See previous exception for details."; GDAL's own message is the cause)."""
+    texts, seen = [], set()
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        texts.append(" ".join(str(cause).split()))
+        cause = getattr(cause, "__cause__", None) or getattr(cause, "__context__", None)
+    return [t for t in texts if t]
+
+
+def _remove_temporary(tmp: Path) -> None:
+    """Remove ``tmp`` and every sidecar a writer made beside it (``.aux.xml``, SQLite's
+    ``-journal``/``-wal``, a COG work folder): all names that start with the temporary's."""
+    stem = tmp.name[: -len(tmp.suffix)] if tmp.suffix else tmp.name
+    try:
+        names = os.listdir(tmp.parent)
+    except OSError:
+        names = []
+    for name in names:
+        if name.startswith(stem):
+            path = tmp.parent / name
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            except FileNotFoundError:
+                pass
+
+
+_NO_SPACE = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+#: How close to a full disk or to the file size limit a failed write counts as "no space": a
+#: writer whose library hides the errno (SQLite under pyogrio says "no such table") fails
+#: within one write of the limit.
+_SPACE_MARGIN = 1 << 20
+
+
+def _out_of_space(tmp: Path) -> bool:
+    """Whether the file system of ``tmp`` is (nearly) full or ``tmp`` reached the process's
+    file size limit (RLIMIT_FSIZE): the likely cause of a write that failed without saying."""
+    try:
+        stats = os.statvfs(tmp.parent)
+        if stats.f_bavail * stats.f_frsize < _SPACE_MARGIN:
+            return True
+    except (OSError, AttributeError):
+        pass
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError, ValueError):
+        return False
+    if limit == resource.RLIM_INFINITY:
+        return False
+    stem = tmp.name[: -len(tmp.suffix)] if tmp.suffix else tmp.name
+    try:
+        sizes = [os.stat(tmp.parent / n).st_size for n in os.listdir(tmp.parent)
+                 if n.startswith(stem)]
+    except OSError:
+        return False
+    return any(size + _SPACE_MARGIN >= limit for size in sizes)
+
+
+def _is_full_disk(cause: object) -> bool:
+    chain = [cause, getattr(cause, "__cause__", None), getattr(cause, "__context__", None)]
+    if any(getattr(c, "errno", None) in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) for c in chain):
+        return True
+    return any(word in text.lower() for text in _causes(cause) for word in _FULL_DISK)
 
 
 def write_error(target: str | os.PathLike, cause: object) -> NdgeoError:
-    """One-line NdgeoError for a failed write of ``target``, naming a full disk as such."""
-    text = " ".join(str(cause).split())
-    if any(word in text.lower() for word in _FULL_DISK) or getattr(cause, "errno", None) in (
-        errno.ENOSPC, errno.EFBIG, errno.EDQUOT
-    ):
+    """One-line NdgeoError for a failed write of ``target``, naming a full disk as such (a
+    full disk, a quota or a file size limit: ENOSPC, EDQUOT, EFBIG, or GDAL's text for them)."""
+    texts = _causes(cause)
+    if _is_full_disk(cause):
         return NdgeoError(f"cannot write {target}: no space left on the device (or file size "
-                          f"limit reached); nothing was written")
-    return NdgeoError(f"cannot write {target}: {text}; nothing was written")
+                          f"limit reached); the file was not written")
+    return NdgeoError(f"cannot write {target}: {texts[-1] if texts else 'unknown error'}; "
+                      "the file was not written")
 
 
-class _GdalErrors(logging.Handler):
-    """Collects the GDAL errors rasterio logs (GDAL reports failed writes there, not as
-    exceptions: a GTiff closed on a full disk only logs ``No space left on device``)."""
+class _GdalFailures(logging.Filter):
+    """Collects the GDAL failures reported while a :func:`gdal_errors_raised` block runs.
+
+    GDAL reports a failed write or close through its error handler only: closing a GTiff on a
+    full disk raises nothing. rasterio (1.4) passes CE_Failure on to its loggers
+    ``rasterio._env`` / ``rasterio._err`` at level INFO as ``GDAL signalled an error: err_no=..,
+    msg=..`` (so with the default WARNING level the record is not even made). While a block is
+    open those two loggers are set to INFO and this filter takes the failures of the block's
+    thread; it lets a record through to the handlers only when the user's level would have
+    shown it, so nothing new is printed. libtiff's own I/O errors (``_tiffWriteProc: No space
+    left on device``) bypass GDAL and print to stderr; :func:`_capture_libtiff_errors` routes
+    them here too.
+    """
+
+    LOGGERS = ("rasterio._env", "rasterio._err")
 
     def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.messages: list[str] = []
+        super().__init__()
+        self.lock = threading.Lock()
+        self.active: dict[int, list[str]] = {}
+        self.levels: dict[str, int] = {}
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = self.active.get(record.thread)
+        if found is not None and str(record.msg).startswith("GDAL signalled an error"):
+            args = record.args if isinstance(record.args, tuple) else ()
+            found.append(str(args[-1]) if args else record.getMessage())
+        return record.levelno >= logging.getLogger("rasterio").getEffectiveLevel()
+
+    def add(self, message: str) -> bool:
+        """Record a message of the current thread; False when no block collects there."""
+        found = self.active.get(threading.get_ident())
+        if found is None:
+            return False
+        found.append(message)
+        return True
+
+    @contextmanager
+    def collect(self) -> Iterator[list[str]]:
+        ident, found = threading.get_ident(), []
+        with self.lock:
+            outer = self.active.get(ident)
+            self.active[ident] = found
+            if len(self.active) == 1 and outer is None:
+                for name in self.LOGGERS:
+                    logger = logging.getLogger(name)
+                    self.levels[name] = logger.level
+                    logger.setLevel(min(logging.INFO, logger.getEffectiveLevel()))
+                    logger.addFilter(self)
+        try:
+            yield found
+        finally:
+            with self.lock:
+                if outer is None:
+                    del self.active[ident]
+                else:
+                    outer.extend(found)
+                    self.active[ident] = outer
+                if not self.active:
+                    for name, level in self.levels.items():
+                        logger = logging.getLogger(name)
+                        logger.removeFilter(self)
+                        logger.setLevel(level)
+                    self.levels.clear()
+
+
+_FAILURES = _GdalFailures()
+_LIBTIFF_HANDLER = None
+
+
+def _capture_libtiff_errors() -> None:
+    """Route libtiff's fallback error handler (it prints ``_tiffWriteProc: File too large.``
+    straight to stderr) into the collecting block, or to the debug log outside one."""
+    global _LIBTIFF_HANDLER
+    if _LIBTIFF_HANDLER is not None:
+        return
+    import ctypes
+    import platform
+
+    lib = _gdal_library()
+    if lib is None or platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64"):
+        _LIBTIFF_HANDLER = False
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        vsnprintf = libc.vsnprintf
+        vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+        set_handler = lib.TIFFSetErrorHandler
+        set_handler.restype = ctypes.c_void_p
+        set_handler.argtypes = [ctypes.c_void_p]
+    except (AttributeError, OSError):
+        _LIBTIFF_HANDLER = False
+        return
+
+    def handler(module, fmt, args):
+        buffer = ctypes.create_string_buffer(1024)
+        vsnprintf(buffer, len(buffer), fmt, args)
+        text = f"{(module or b'libtiff').decode(errors='replace')}: " \
+               f"{buffer.value.decode(errors='replace')}"
+        if not _FAILURES.add(text):
+            logging.getLogger("ndgeo.gdal").debug(text)
+
+    _LIBTIFF_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p,
+                                        ctypes.c_void_p)(handler)
+    set_handler(ctypes.cast(_LIBTIFF_HANDLER, ctypes.c_void_p))
+
+
+class GdalErrors:
+    """What :func:`gdal_errors_raised` yields: ``check()`` raises the failures so far."""
+
+    def __init__(self, target: str | os.PathLike, found: list[str]) -> None:
+        self.target, self.found = target, found
+
+    def check(self) -> None:
+        if self.found:
+            full = [m for m in self.found if any(w in m.lower() for w in _FULL_DISK)]
+            raise write_error(self.target, (full or self.found)[0])
 
 
 @contextmanager
-def gdal_errors_raised(target: str | os.PathLike) -> Iterator[None]:
-    """Raise a :func:`write_error` for ``target`` if GDAL logged an error inside the block."""
-    handler = _GdalErrors()
-    logger = logging.getLogger("rasterio")
-    logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-    if handler.messages:
-        raise write_error(target, handler.messages[0])
+def gdal_errors_raised(target: str | os.PathLike) -> Iterator[GdalErrors]:
+    """Raise a :func:`write_error` for ``target`` if GDAL (or libtiff) reported a failure in
+    this thread inside the block; ``check()`` on the yielded object raises earlier."""
+    _capture_libtiff_errors()
+    with _FAILURES.collect() as found:
+        errors = GdalErrors(target, found)
+        yield errors
+    errors.check()
 
 
 def verify_raster(path: str | os.PathLike, target: str | os.PathLike) -> None:
@@ -378,6 +693,7 @@ class GeoTIFFWriter:
         self.overwrite = overwrite
         self._stack = ExitStack()
         self._temp: str | None = None
+        self._errors: GdalErrors | None = None
         self._dst: rasterio.io.DatasetWriter | None = None
 
     @property
@@ -391,7 +707,7 @@ class GeoTIFFWriter:
         try:
             tmp = self._stack.enter_context(atomic_path(self.path, overwrite=self.overwrite))
             self._temp = str(tmp)
-            self._stack.enter_context(gdal_errors_raised(self.path))
+            self._errors = self._stack.enter_context(gdal_errors_raised(self.path))
             self._dst = rasterio.open(self._temp, "w", **self.meta, **self.profile)
             self._describe(self._dst)
         except BaseException:
@@ -422,6 +738,7 @@ class GeoTIFFWriter:
         try:
             self._dst.write(np.asarray(array, dtype=self.meta["dtype"]), window=window)
         except (OSError, rasterio.errors.RasterioError) as exc:
+            self._check_errors()
             raise write_error(self.path, exc) from exc
 
     def __exit__(
@@ -433,9 +750,11 @@ class GeoTIFFWriter:
         try:
             self._close_dataset()
             if exc_type is None:
+                self._check_errors()  # a failed close (full disk) only logs
                 verify_raster(self._temp, self.path)
                 if self.cog:
                     self._convert_to_cog()
+                    self._check_errors()
                     verify_raster(self._temp, self.path)
         except BaseException:
             if not self._stack.__exit__(*sys.exc_info()):
@@ -443,12 +762,17 @@ class GeoTIFFWriter:
             return False
         return bool(self._stack.__exit__(exc_type, exc, tb))
 
+    def _check_errors(self) -> None:
+        if self._errors is not None:
+            self._errors.check()
+
     def _close_dataset(self) -> None:
         if self._dst is not None:
             dst, self._dst = self._dst, None
             try:
                 dst.close()
             except (OSError, rasterio.errors.RasterioError) as exc:
+                self._check_errors()
                 raise write_error(self.path, exc) from exc
 
     def _convert_to_cog(self) -> None:
@@ -472,6 +796,9 @@ class GeoTIFFWriter:
                 quiet=True,
             )
             os.replace(cog_path, self._temp)
+        except (OSError, rasterio.errors.RasterioError) as exc:
+            self._check_errors()
+            raise write_error(self.path, exc) from exc
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 

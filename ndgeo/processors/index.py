@@ -50,8 +50,10 @@ class IndexProcessor(Processor):
             gains, shifts = self.scaling
             arrays = {var: block[i] * gains[i] + shifts[i]
                       for i, var in enumerate(self.variables)}
-        out = np.stack([evaluate(text, arrays, self.constants) for _, text in self.expressions])
-        out = out.astype(np.float32)
+        # A formula without bands (K=1/0 beside NDVI=...) is a constant: one value everywhere.
+        out = np.stack([np.broadcast_to(np.asarray(evaluate(text, arrays, self.constants),
+                                                   dtype=np.float32), valid.shape)
+                        for _, text in self.expressions])
         out[~np.isfinite(out)] = np.nan
         return out
 
@@ -93,6 +95,11 @@ def index_processor(
                 constants.setdefault(var, known_constants[var])
             elif var not in variables:
                 variables.append(var)
+    if not variables:
+        raise NdgeoError(
+            f"{', '.join(f'{n}={t}' for n, t in exprs)} use(s) no band: a constant is the same on "
+            "every pixel; give at least one formula over the image bands"
+        )
     positions = select_bands(variables, image.bands)
     scaling = physical_scaling(image.scales, image.offsets, positions)
     return IndexProcessor(exprs, variables, constants, scaling=scaling), positions

@@ -525,9 +525,10 @@ def train(
 
     config = config or TrainConfig()
     say = log or (lambda _msg: None)
-    out_path = Path(check_output(out_path, overwrite=overwrite))
+    inputs = [path for pair in scenes for path in pair]  # never an output, whatever the flags
+    out_path = Path(check_output(out_path, overwrite=overwrite, inputs=inputs))
     if report_path is not None:
-        report_path = Path(check_output(report_path, overwrite=overwrite))
+        report_path = Path(check_output(report_path, overwrite=overwrite, inputs=inputs))
     pixels = load_many(list(scenes), seed=config.seed, **label_options)
     say(pixels.describe())
     if compare or budgets:
