@@ -11,11 +11,15 @@ call (once per process), so weights are never pickled into tasks; tasks return C
 
 Execution (why it is built this way, see docs/notes ecosystem.md sections 3-7):
 
-- One dask task per output window reads exactly its window plus ``halo`` (clipped at the image
-  edge, so a processor sees the true border just as on the whole image) from a lazy, lock-free
-  ``rioxarray.open_rasterio`` array, converts invalid pixels to NaN, calls the processor and
-  crops the result back to the window. Slicing a dask-chunked array instead would read every
-  neighbouring chunk (9 full chunks for a 1-pixel halo) and every band.
+- One task per output window reads exactly its window plus ``halo`` (clipped at the image
+  edge, so a processor sees the true border just as on the whole image) straight from GDAL
+  through one rasterio dataset per thread (:class:`WindowReader`), finds its valid pixels,
+  calls the processor and crops the result back to the window. Slicing a dask-chunked array
+  instead would read every neighbouring chunk (9 full chunks for a 1-pixel halo) and every band.
+- Local runs use a plain thread pool over the windows: no dask graph, no xarray, nothing to
+  import before the first pixel but rasterio and numpy (a dask task per window cost more than
+  its bookkeeping on small windows, and importing xarray/dask ~0.8 s of start-up). Clusters get
+  the same task function through ``distributed.Client.submit``.
 - Windows whose pixels are all invalid are not processed; they are written as ``out_nodata``.
 - The main process is the single writer: at most ``2 x workers`` windows are in flight and each
   finished window is written as it arrives, so memory stays flat and no lock or shared
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -35,22 +40,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import dask
 import numpy as np
 import rasterio
-import rioxarray
-import xarray as xr
 from rasterio.windows import Window
 
 from ndgeo import stats
 from ndgeo.errors import NdgeoError
-from ndgeo.io.raster import (
-    RasterInfo,
-    check_nodata,
-    read_gdal_mask,
-    to_float,
-    valid_mask,
-)
+from ndgeo.io.raster import RasterInfo, check_nodata, to_float, valid_mask
 from ndgeo.io.tiles import chunk_shape, grow, plan_windows
 from ndgeo.io.writer import GeoTIFFWriter, check_output, creation_profile
 
@@ -110,32 +106,64 @@ class RunResult:
     scheduler: str
 
 
-def _lazy_bands(image: RasterInfo, band_positions: Sequence[int]) -> xr.DataArray:
-    """Lazily indexed (not dask-chunked) bands: each slice reads exactly its window."""
-    data = rioxarray.open_rasterio(image.path, lock=False, cache=False, masked=False)
-    return data.isel(band=list(band_positions))
+class WindowReader:
+    """Reads windows of the selected bands of one raster, one rasterio dataset per thread.
 
+    Picklable (only the path and band choice travel; each worker process and thread opens its
+    own handle on first read), so the same object serves local threads and cluster workers.
+    GDAL datasets are not thread-safe, hence one per thread instead of a lock.
+    """
 
-def _read(
-    source: xr.DataArray,
-    window: tuple[int, int, int, int],
-    halo: int,
-    shape: tuple[int, int],
-    nodata: float | None,
-    mask: tuple[str, int] | None,
-) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Read window (row, col, h, w) grown by ``halo``, clipped: the raw bands, their valid
-    pixels (nodata, non-finite and, with ``mask`` = (path, band), the file's GDAL mask) and the
-    core's offset in them."""
-    row, col, h, w = window
-    grown, dr, dc = grow(Window(col, row, w, h), halo, shape)
-    rows = slice(grown.row_off, grown.row_off + grown.height)
-    cols = slice(grown.col_off, grown.col_off + grown.width)
-    raw = source.isel(y=rows, x=cols).values
-    valid = valid_mask(raw, nodata)
-    if mask is not None:
-        valid &= read_gdal_mask(mask[0], grown, mask[1])
-    return raw, valid, dr, dc
+    def __init__(self, image: RasterInfo, band_positions: Sequence[int]) -> None:
+        self.path = image.path
+        self.indexes = [int(p) + 1 for p in band_positions]
+        self.shape = image.shape
+        self.nodata = image.nodata
+        self.mask_band = self.indexes[0] if image.has_mask else None
+        self._init_local()
+
+    def _init_local(self) -> None:
+        self._local = threading.local()
+        self._opened: list = []
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_local", "_opened", "_lock")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._init_local()
+
+    def dataset(self):
+        """This thread's open dataset (opened on first use)."""
+        src = getattr(self._local, "src", None)
+        if src is None:
+            src = self._local.src = rasterio.open(self.path)
+            with self._lock:
+                self._opened.append(src)
+        return src
+
+    def close(self) -> None:
+        """Close every dataset opened by this object's threads (the end of a local run)."""
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for src in opened:
+            src.close()
+        self._local = threading.local()
+
+    def read(
+        self, window: tuple[int, int, int, int], halo: int = 0
+    ) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """Window (row, col, h, w) grown by ``halo``, clipped: the raw bands, their valid pixels
+        (nodata, non-finite and the file's GDAL mask, if any) and the core's offset in them."""
+        row, col, h, w = window
+        grown, dr, dc = grow(Window(col, row, w, h), halo, self.shape)
+        src = self.dataset()
+        raw = src.read(self.indexes, window=grown)
+        valid = valid_mask(raw, self.nodata)
+        if self.mask_band is not None:
+            valid &= src.read_masks(self.mask_band, window=grown) != 0
+        return raw, valid, dr, dc
 
 
 def process_block(
@@ -162,37 +190,24 @@ def process_block(
 
 
 def _process_window(
-    source: xr.DataArray,
+    reader: WindowReader,
     processor: Processor,
-    nodata: float | None,
-    shape: tuple[int, int],
     gdal_env: dict[str, Any],
-    mask: tuple[str, int] | None,
     window: tuple[int, int, int, int],
 ) -> np.ndarray | None:
     """One task: read, mask, process, crop. None when the window has no valid pixel."""
     with rasterio.Env(**gdal_env):
-        raw, valid, dr, dc = _read(source, window, processor.halo, shape, nodata, mask)
+        raw, valid, dr, dc = reader.read(window, processor.halo)
     return process_block(processor, raw, valid, (dr, dc, *window[2:]))
 
 
 def _window_stats(
-    source: xr.DataArray,
-    nodata: float | None,
-    shape: tuple[int, int],
-    gdal_env: dict[str, Any],
-    mask: tuple[str, int] | None,
-    window: tuple[int, int, int, int],
+    reader: WindowReader, gdal_env: dict[str, Any], window: tuple[int, int, int, int],
 ) -> tuple[int, np.ndarray, np.ndarray]:
     """Count, per-band mean and M2 (sum of squared deviations) of the valid pixels, float64."""
     with rasterio.Env(**gdal_env):
-        raw, valid, _, _ = _read(source, window, 0, shape, nodata, mask)
+        raw, valid, _, _ = reader.read(window)
     return stats.moments(raw[:, valid])
-
-
-def _mask_source(image: RasterInfo, positions: Sequence[int]) -> tuple[str, int] | None:
-    """(path, 1-based band) of the GDAL mask to read, or None when the file has none."""
-    return (image.path, positions[0] + 1) if image.has_mask else None
 
 
 def _apply_gdal_env(env: dict[str, Any]) -> None:
@@ -340,17 +355,20 @@ class Execution:
 
 
 def _execute(
-    tasks: Iterable[tuple[Any, Any]], client: Any, slots: int, in_flight: int
+    fn: Callable[[Any], Any], items: Iterable[tuple[Any, Any]], client: Any, slots: int,
+    in_flight: int,
 ) -> Iterator[tuple[Any, Any]]:
-    """Compute ``(key, delayed)`` pairs with at most ``in_flight`` pending; yield as they finish."""
-    tasks = iter(tasks)
+    """``fn(arg)`` for ``(key, arg)`` pairs on ``slots`` local threads (``client`` None) or on
+    a dask cluster, with at most ``in_flight`` pending; yield ``(key, result)`` as they finish.
+    A failed task stops submission and raises here."""
+    items = iter(items)
     if client is None:
-        with ThreadPoolExecutor(slots) as pool:
+        with ThreadPoolExecutor(slots, thread_name_prefix="ndgeo-engine") as pool:
             pending: dict = {}
 
             def submit() -> None:
-                for key, task in tasks:
-                    pending[pool.submit(task.compute, scheduler="sync")] = key
+                for key, arg in items:
+                    pending[pool.submit(fn, arg)] = key
                     return
 
             try:
@@ -360,7 +378,7 @@ def _execute(
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in done:
                         key = pending.pop(future)
-                        result = future.result()  # a failed task stops submission here
+                        result = future.result()
                         submit()
                         yield key, result
             finally:
@@ -374,8 +392,8 @@ def _execute(
     running = as_completed()
 
     def submit_remote() -> None:
-        for key, task in tasks:
-            future = client.compute(task)
+        for key, arg in items:
+            future = client.submit(fn, arg, pure=False)
             keys[future.key] = (key, future)
             running.add(future)
             return
@@ -390,6 +408,14 @@ def _execute(
             yield key, result
     finally:
         client.cancel([f for _, f in keys.values()])
+
+
+@contextmanager
+def _closing(reader: WindowReader) -> Iterator[WindowReader]:
+    try:
+        yield reader
+    finally:
+        reader.close()
 
 
 def _as_tuple(window: Window) -> tuple[int, int, int, int]:
@@ -520,22 +546,17 @@ def run(
     chunks = chunk_shape(execution.chunk_size, image.block_shape, image.shape)
     windows = plan_windows(image.shape, chunks)
     writer_options = _writer_options(processor, image, creation_options, cog)
-    source = _lazy_bands(image, positions)
+    reader = WindowReader(image, positions)
     total = image.width * image.height
     done = skipped = 0
     start = time.perf_counter()
-    with execution:
+    with execution, _closing(reader):
         processor.prepare(image, execution)
-        # Static arguments ride in a partial so dask does not traverse (or rebuild) it.
-        task = dask.delayed(
-            partial(_process_window, source, processor, image.nodata, image.shape,
-                    execution.env, _mask_source(image, positions)),
-            pure=False,
-        )
-        tasks = ((w, task(_as_tuple(w))) for w in windows)
+        task = partial(_process_window, reader, processor, execution.env)
+        items = ((w, _as_tuple(w)) for w in windows)
         slots = execution.slots
         with GeoTIFFWriter(out_abs, overwrite=overwrite, **writer_options) as dst:
-            for window, result in _execute(tasks, execution.client, slots, 2 * slots):
+            for window, result in _execute(task, items, execution.client, slots, 2 * slots):
                 if result is None:
                     skipped += 1
                     result = np.full(
@@ -588,15 +609,12 @@ def scene_statistics(
     positions = _check_bands(image, band_positions)
     windows = plan_windows(image.shape, chunk_shape(execution.chunk_size, image.block_shape,
                                                     image.shape))
-    source = _lazy_bands(image, positions)
+    reader = WindowReader(image, positions)
     total: tuple = (0, np.zeros(len(positions)), np.zeros(len(positions)))
-    with execution:
-        task = dask.delayed(
-            partial(_window_stats, source, image.nodata, image.shape, execution.env,
-                    _mask_source(image, positions)),
-            pure=False,
-        )
-        tasks = ((w, task(_as_tuple(w))) for w in windows)
-        for _, part in _execute(tasks, execution.client, execution.slots, 2 * execution.slots):
+    with execution, _closing(reader):
+        task = partial(_window_stats, reader, execution.env)
+        items = ((w, _as_tuple(w)) for w in windows)
+        for _, part in _execute(task, items, execution.client, execution.slots,
+                                2 * execution.slots):
             total = stats.merge(total, part)
     return stats.summary(total, name=image.path)
