@@ -20,19 +20,22 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from threading import Lock
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
-from torch import nn
 
 import ndgeo
 from ndgeo.bands import select_bands
 from ndgeo.errors import NdgeoError
 from ndgeo.io.raster import RasterInfo
 from ndgeo.io.writer import atomic_path, write_error
-from ndgeo.nn import build_model
+
+if TYPE_CHECKING:  # torch is imported where a model is built: CPU apply never needs it
+    import torch
+    from torch import nn
+
+    from ndgeo.kernels import BandMajorWeights
 
 CLASSIFIER = "classifier"
 DENOISER = "denoiser"
@@ -55,6 +58,8 @@ def save_model(
     The stored JSON is ``metadata`` plus ``ndgeo_version`` and ``config`` (``model.config()``,
     which overrides any ``config`` given) and ``eps`` (from the config unless given).
     """
+    from safetensors.torch import save_file
+
     if not callable(getattr(model, "config", None)):
         raise NdgeoError(f"{type(model).__name__} has no config(); only ndgeo models can be saved")
     config = model.config()
@@ -100,6 +105,8 @@ def load_model(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Read a file written by :func:`save_model`; returns ``(model in eval mode, metadata)``."""
+    from ndgeo.nn import build_model
+
     path = Path(path)
     if not path.is_file():
         raise NdgeoError(f"model file not found: {path}")
@@ -232,17 +239,29 @@ def _check_denoiser(meta: dict, config: dict, n_bands: int) -> None:
         if meta[key] <= 0:
             raise ValueError(f"denoiser metadata {key!r} must be > 0, got {meta[key]!r}")
     for key in ("halo", "receptive_field", "tile_alignment"):
-        if key in meta and not (_integer(meta[key]) and meta[key] >= 0):
+        if meta.get(key) is not None and not (_integer(meta[key]) and meta[key] >= 0):
             raise ValueError(f"denoiser metadata {key!r} must be an integer >= 0, got "
                              f"{meta[key]!r}")
     backbone = config.get("backbone") if isinstance(config.get("backbone"), dict) else config
     if "channels" in backbone and backbone["channels"] != n_bands:
         raise ValueError(f"the denoiser has channels={backbone['channels']!r} but the file lists "
                          f"{n_bands} bands")
+    if backbone.get("kind") == "user":
+        path = backbone.get("class")
+        if not (isinstance(path, str) and ":" in path and isinstance(backbone.get("args"), dict)
+                and _integer(backbone.get("channels"))):
+            raise ValueError("a user backbone config needs 'class' (pkg.module:Class), integer "
+                             "'channels' and an 'args' object")
+    if meta.get("receptive_field") is None and "receptive_field" in meta and not meta.get(
+            "global_field"):
+        raise ValueError("denoiser metadata 'receptive_field' is null but 'global_field' is not "
+                         "true")
 
 
 def _check_tensors(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """The file's tensors are exactly the architecture's: names, shapes, finite values."""
+    import torch
+
     expected = model.state_dict()
     for name, tensor in expected.items():
         if name not in state:
@@ -290,11 +309,55 @@ def load_classifier(path: str | os.PathLike, map_location: str | torch.device = 
     return model, meta
 
 
-def load_denoiser(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
-    """:func:`load_model` for denoisers only."""
-    model, meta = load_model(path, map_location)
+def load_denoiser(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+    backbone: str | None = None,
+):
+    """:func:`load_model` for denoisers only.
+
+    A file whose backbone is a user class (config kind ``user``) is rebuilt only when
+    ``backbone`` names that same class (``--backbone pkg.module:Class``): then, and only then,
+    the class is imported. Loading never imports a module that the file names by itself.
+    """
+    recorded = _user_backbone_of(_header_metadata(Path(path)))
+    if recorded != backbone:
+        if recorded is None:
+            raise NdgeoError(f"--backbone {backbone} names a user backbone class, but {path} "
+                             "holds a built-in one; drop --backbone")
+        hint = "" if backbone is None else f" (not {backbone})"
+        raise NdgeoError(f"{path} holds the user backbone {recorded}; loading a file never "
+                         f"imports the code it names: pass --backbone {recorded}{hint} to "
+                         "rebuild it (that imports and runs its module)")
+    from ndgeo.nn.denoisers import user_backbone_allowed
+
+    with user_backbone_allowed(backbone):
+        model, meta = load_model(path, map_location)
     require_task(meta, DENOISER, path)
     return model, meta
+
+
+def _header_metadata(path: Path) -> dict[str, Any]:
+    """The ndgeo metadata of a model file (header only, no tensors; {} when unreadable, which
+    :func:`load_model` then reports)."""
+    try:
+        _sniff(path)
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = json.loads((f.metadata() or {}).get(METADATA_KEY, "{}"))
+    except (OSError, NdgeoError, SafetensorError, ValueError, TypeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _user_backbone_of(meta: dict[str, Any]) -> str | None:
+    """The class path of a denoiser file's user backbone, or None for a built-in one."""
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        return None
+    if config.get("kind") == "wne" and isinstance(config.get("backbone"), dict):
+        config = config["backbone"]
+    if config.get("kind") != "user":
+        return None
+    return str(config.get("class"))
 
 
 def match_model_bands(meta: dict[str, Any], image: RasterInfo) -> list[int]:
@@ -342,3 +405,88 @@ def cached_load(
             while len(_CACHE) > CACHE_SIZE:
                 _CACHE.popitem(last=False)
         return _CACHE[cache_key]
+
+
+# -- the torch-free inference form of a classifier file -------------------------------------
+
+#: Bumped whenever what :func:`classifier_inference` stores changes.
+_INFERENCE_FORMAT = 1
+
+
+def inference_cache_dir() -> Path | None:
+    """Where folded classifier weights are kept between runs: ``$NDGEO_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/ndgeo`` or ``~/.cache/ndgeo``; ``NDGEO_CACHE_DIR=""`` turns it off."""
+    explicit = os.environ.get("NDGEO_CACHE_DIR")
+    if explicit is not None:
+        return Path(explicit) / "models" if explicit else None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ndgeo" / "models"
+
+
+def classifier_inference(path: str | os.PathLike) -> tuple[dict, list, BandMajorWeights]:
+    """``(metadata, index coefficients, folded band-major weights)`` of a classifier file.
+
+    The weights are what :func:`ndgeo.nn.inference.band_major` folds (the coefficients what
+    ``model.index_coefficients`` gives, ``[]`` for an MLP), computed with torch on the first
+    call for a file's content and then kept per process and in :func:`inference_cache_dir`
+    under the file's SHA-256, so later CPU runs read the header-less numbers without importing
+    torch. A file is validated whole (:func:`load_classifier`) before anything of it is cached;
+    a cache entry is trusted because its key is the content it was made from.
+    """
+    return cached_load(path, _classifier_inference, key="inference")
+
+
+def _classifier_inference(path: str) -> tuple[dict, list, BandMajorWeights]:
+    import hashlib
+
+    file = Path(path)
+    if not file.is_file():
+        raise NdgeoError(f"model file not found: {file}")
+    _sniff(file)  # a GeoTIFF given as MODEL is refused before it is read whole
+    digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    cache = inference_cache_dir()
+    entry = None if cache is None else cache / f"{digest}.v{_INFERENCE_FORMAT}.npz"
+    if entry is not None and entry.is_file():
+        try:
+            return _read_inference(entry)
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable entry: rebuild it
+    from ndgeo.nn.inference import band_major
+
+    model, meta = load_classifier(file)
+    weights = band_major(model).numpy_weights()
+    coefficients: list = []
+    if callable(getattr(model, "index_coefficients", None)):
+        coefficients = model.index_coefficients([b["name"] for b in meta["bands"]])
+    if entry is not None and hashlib.sha256(file.read_bytes()).hexdigest() == digest:
+        _write_inference(entry, meta, coefficients, weights)
+    return meta, coefficients, weights
+
+
+def _read_inference(entry: Path) -> tuple[dict, list, BandMajorWeights]:
+    from ndgeo.kernels import BandMajorWeights
+
+    with np.load(entry, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    doc = json.loads(str(arrays.pop("__json__")))
+    return doc["meta"], doc["coefficients"], BandMajorWeights.from_arrays(arrays)
+
+
+def _write_inference(entry: Path, meta: dict, coefficients: list, weights) -> None:
+    """Store an entry atomically; a cache that cannot be written is only a slower next run."""
+    import logging
+    import tempfile
+
+    doc = json.dumps({"meta": meta, "coefficients": coefficients})
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".tmp-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, __json__=np.array(doc), **weights.to_arrays())
+            os.replace(tmp, entry)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as exc:
+        logging.getLogger(__name__).debug("model cache not written (%s): %s", entry, exc)

@@ -7,11 +7,16 @@ import functools
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors.torch import save_file
+from torch import nn
 
+from ndgeo.checkpoint import load_model, save_model
 from ndgeo.errors import NdgeoError
 from ndgeo.nn.denoisers import (
+    BACKBONES,
     DnCNN,
     NEArch,
     WindowTransformer,
@@ -21,6 +26,7 @@ from ndgeo.nn.denoisers import (
 from ndgeo.nn.registry import build_model
 from ndgeo.nn.wne import (
     WNE,
+    backbone_field,
     block_moments,
     combine_moments,
     measure_receptive_field,
@@ -31,6 +37,7 @@ from ndgeo.nn.wne import (
 C = 3
 SMALL = {
     "dncnn": {"depth": 5, "width": 16},
+    "dncnn-bf": {"depth": 5, "width": 16},
     "transformer": {"dim": 16, "window": 4, "depth": 2, "heads": 2},
     "ne-arch": {"depth": 5, "width": 16},
 }
@@ -327,3 +334,142 @@ def test_user_errors_name_the_offending_value():
         build_denoiser("dncnn", C, pooling="pixel")
     with pytest.raises(NdgeoError, match="width=15"):
         NEArch(C, width=15)
+
+
+# --- any nn.Module (issue 15) -----------------------------------------------------------------
+
+
+class Attn(nn.Module):
+    """A user's denoiser written outside ndgeo: pixel embedding, LayerNorm, global multi-head
+    softmax attention, MLP, residual. No receptive_field, tile_alignment or config()."""
+
+    def __init__(self, channels: int = C, dim: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Conv2d(channels, dim, 3, padding=1)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.out = nn.Conv2d(dim, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        q, k, v = self.qkv(self.norm1(t)).view(n, h * w, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        t = t + F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, h * w, -1)
+        t = t + self.mlp(self.norm2(t))
+        return x + self.out(t.transpose(1, 2).reshape(n, -1, h, w))
+
+
+class Local(nn.Module):
+    """A local user backbone with LayerNorm (two 3x3 convolutions and a 5x5 one: radius 4)."""
+
+    def __init__(self, channels: int = C, dim: int = 8) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(channels, dim, 3, padding=1)
+        self.norm = nn.LayerNorm(dim)
+        self.b = nn.Conv2d(dim, dim, 5, padding=2)
+        self.c = nn.Conv2d(dim, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(self.a(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return x - self.c(torch.relu(self.b(torch.relu(h))))
+
+
+@functools.cache
+def _attn_wne() -> WNE:
+    torch.manual_seed(0)
+    return WNE(Attn().double().eval(), eps=0.0)
+
+
+@FAST
+@given(log_a=st.floats(-2, 2), b=st.floats(-1, 1), seed=st.integers(0, 2**16))
+def test_any_module_with_attention_and_layernorm_is_normalization_equivariant(log_a, b, seed):
+    model = _attn_wne()
+    assert not hasattr(model.backbone, "receptive_field")
+    y = _image(seed, size=12)
+    assert _defect(model, y, 10.0**log_a, b) < 1e-10
+    assert _defect(model.backbone, y, 3.0, 0.5) > 1e-3  # the backbone alone is not NE
+
+
+def test_undeclared_receptive_field_is_measured_once_and_cached():
+    torch.manual_seed(0)
+    local = WNE(Local())
+    calls = []
+    local.backbone.register_forward_hook(lambda *_: calls.append(1))
+    assert local.receptive_field == 4 and not local.is_global
+    first = len(calls)
+    assert first > 0 and local.receptive_field == 4 and len(calls) == first  # cached
+    assert not calls or local.backbone.c.weight.grad is None  # measured on a copy
+
+    torch.manual_seed(0)
+    attn = WNE(Attn())
+    assert attn.receptive_field is None and attn.is_global
+    with pytest.raises(NdgeoError, match="has no config"):
+        attn.config()
+
+
+def test_zero_initialised_output_does_not_hide_the_field():
+    torch.manual_seed(0)
+    net = Local()
+    nn.init.zeros_(net.c.weight)  # the identity start of training: no gradient reaches the input
+    assert measure_receptive_field(net, C, size=24) == 0
+    assert WNE(net).receptive_field == 4
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+@pytest.mark.parametrize("size", ["small", "default"])
+def test_measured_receptive_field_equals_declared_for_every_backbone(name, size):
+    torch.manual_seed(0)
+    # "default": the constructor defaults (the transformer's window 8, made shallow and narrow
+    # to keep the 8 x 8 phases of the probe cheap)
+    kw = SMALL[name] if size == "small" else {"dim": 8, "depth": 2} if name == "transformer" else {}
+    net = BACKBONES[name](C, **kw).eval()
+    declared = net.receptive_field
+    assert backbone_field(net, C, net.tile_alignment) == declared
+    if name != "ne-arch":
+        assert WNE(net).receptive_field == declared
+
+
+def test_standard_and_bias_free_dncnn():
+    std = build_denoiser("dncnn", C, wne=False, depth=4, width=8)
+    bf = build_denoiser("dncnn-bf", C, wne=False, depth=4, width=8)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in std.modules()) == 2
+    assert std.noise[0].bias is not None and std.noise[-1].bias is not None
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in bf.modules())
+    assert all(m.bias is None for m in bf.modules() if isinstance(m, nn.Conv2d))
+    y = _image(19).float()
+    with torch.no_grad():  # bias-free + ReLU: positively homogeneous, scale-equivariant alone
+        assert torch.allclose(bf(7.0 * y), 7.0 * bf(y), rtol=1e-5, atol=1e-5)
+    assert build_model(bf.config()).config() == {"kind": "dncnn-bf", "channels": C, "depth": 4,
+                                                  "width": 8}
+
+
+def test_old_dncnn_files_load_as_their_own_architecture(tmp_path):
+    """A file written before the config version ('dncnn' = bias-free inner layers, first conv
+    with bias, no BatchNorm) is rebuilt as that architecture, weights and outputs intact."""
+    torch.manual_seed(0)
+    old = DnCNN(C, 4, 8, batchnorm=False, bias=False, first_bias=True).eval()
+    for p in old.parameters():
+        p.data.normal_(0, 0.1)
+    legacy = {"kind": "wne", "pooling": "joint", "eps": 1e-5, "tau": 1e-9,
+              "backbone": {"kind": "dncnn", "channels": C, "depth": 4, "width": 8,
+                           "batchnorm": False}}
+    meta = {"task": "denoise", "bands": [{"name": f"B{i}", "letter": None} for i in range(C)],
+            "backbone": "dncnn", "wne": True, "sigma": 0.02, "data_min": 0.0, "data_range": 1.0,
+            "config": legacy, "ndgeo_version": "0.1.0"}
+    state = {f"backbone.{k}": v.contiguous() for k, v in old.state_dict().items()}
+    path = tmp_path / "old.safetensors"
+    save_file(state, str(path), metadata={"ndgeo": __import__("json").dumps(meta)})
+    model, _ = load_model(path)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert model.backbone.noise[0].bias is not None and model.backbone.noise[-1].bias is None
+    y = _image(20).float()
+    with torch.no_grad():
+        assert torch.equal(model(y), WNE(old, eps=1e-5)(y))
+    save_model(tmp_path / "again.safetensors", model, {k: v for k, v in meta.items()
+                                                       if k != "config"})
+    again, meta2 = load_model(tmp_path / "again.safetensors")
+    assert meta2["config"]["backbone"]["version"] == 2 and not meta2["config"]["backbone"]["bias"]
+    with torch.no_grad():
+        assert torch.equal(again(y), model(y))

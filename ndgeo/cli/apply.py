@@ -10,6 +10,7 @@ from ndgeo.cli import options as opt
 from ndgeo.cli.app import app, console, err_console, is_quiet
 from ndgeo.cli.options import parse_key_values, parse_list
 from ndgeo.cli.present import pixel_progress, print_json
+from ndgeo.errors import NdgeoError
 
 
 def run_command(ctx: typer.Context, processor, info, positions, out: Path, execution, *,
@@ -60,6 +61,7 @@ def apply_cmd(
     products: list[str] = typer.Option(["class"], "--products", "-p", help="What to write: class, proba, indices (repeatable or comma-separated; several are stacked as float32 bands)."),
     quantize: bool = typer.Option(False, "--quantize", help="Write probabilities as uint8 (value/250) instead of float32 (proba output only)."),
     denoise: Path | None = typer.Option(None, "--denoise", help="Denoiser file (`ndgeo denoise train`) applied before the model, in the same pass."),
+    backbone: str | None = opt.USER_BACKBONE,
     batch_size: int = typer.Option(16384, "--batch-size", help="Pixels per model batch (compute unit); about 16k keeps a CPU batch in cache, GPUs may like more."),
     device: str = opt.DEVICE,
     scale: float | None = opt.SCALE,
@@ -79,12 +81,11 @@ def apply_cmd(
     dry_run: bool = opt.DRY_RUN,
 ) -> None:
     """Apply a trained model chunk-wise to IMAGE and write class ids, probabilities or indices."""
-    from ndgeo.checkpoint import load_classifier
+    from ndgeo.checkpoint import classifier_inference
     from ndgeo.io.raster import open_raster
     from ndgeo.processors.classify import model_processor
-    from ndgeo.processors.denoise import denoise_stage
 
-    load_classifier(model)  # MODEL first: swapped arguments get "MODEL comes first"
+    classifier_inference(model)  # MODEL first: swapped arguments get "MODEL comes first"
     info = open_raster(image, bands=parse_list(band_names), sensor=sensor, nodata=nodata,
                        scale=scale, offset=offset, grid=grid)
     execution = opt.execution(chunk_size, scheduler, workers, config, timeout)
@@ -92,9 +93,13 @@ def apply_cmd(
     processor, positions = model_processor(model, info, outputs=selected,
                                            batch_size=batch_size, device=device,
                                            quantize_proba=quantize)
+    if backbone is not None and denoise is None:
+        raise NdgeoError("--backbone names the user backbone of a --denoise file; give --denoise")
     if denoise is not None:
+        from ndgeo.processors.denoise import denoise_stage  # torch: only when denoising
+
         processor.set_denoiser(denoise_stage(denoise, info, positions, chunk_size=chunk_size,
-                                             device=device))
+                                             device=device, backbone=backbone))
     run_command(ctx, processor, info, positions, out, execution, co=co, cog=cog,
                 overwrite=overwrite, dry_run=dry_run, what="apply")
 

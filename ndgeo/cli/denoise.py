@@ -10,7 +10,7 @@ from rich.table import Table
 from ndgeo.cli import options as opt
 from ndgeo.cli.app import app, console, is_quiet
 from ndgeo.cli.apply import run_command
-from ndgeo.cli.options import parse_list
+from ndgeo.cli.options import parse_backbone_args, parse_list
 from ndgeo.cli.present import print_json, step_progress
 from ndgeo.cli.train import given, warn
 from ndgeo.config import SIGMA_RULE, DenoiseConfig
@@ -25,7 +25,8 @@ def denoise_train(
     ctx: typer.Context,
     images: list[str] = typer.Argument(..., help="Clean training rasters (same band names; any GDAL dataset name)."),
     out: Path = typer.Option(..., *opt.OUTPUT, help="Denoiser file to write (.safetensors)."),
-    backbone: str = typer.Option("dncnn", "--backbone", help="dncnn, transformer (window attention) or ne-arch (equivariant by construction, never wrapped)."),
+    backbone: str = typer.Option("dncnn", "--backbone", help="dncnn (standard: bias + BatchNorm), dncnn-bf (bias-free, nearly scale-equivariant already), transformer (window attention), ne-arch (equivariant by construction, never wrapped), or your own class pkg.module:Class built as Class(bands, **ARGS) (imports and runs that module)."),
+    backbone_args: str | None = typer.Option(None, "--backbone-args", help="JSON object of backbone constructor arguments, e.g. '{\"width\": 32}' (recorded in the model file)."),
     wne: bool = typer.Option(True, "--wne/--no-wne", help="Wrap the backbone in WNE (default) or train it unwrapped (baseline)."),
     pooling: str = typer.Option("joint", "--pooling", help="WNE statistics over all bands jointly (joint, the paper's) or per band (band)."),
     sigma: str = typer.Option(..., "--sigma", help=f"Training noise std: {SIGMA_RULE}."),
@@ -56,6 +57,7 @@ def denoise_train(
         raise NdgeoError("--pooling sets the WNE statistics; with --no-wne there are none")
     check_output(out, overwrite=overwrite, inputs=images)
     infos = [open_raster(p, bands=parse_list(bands), sensor=sensor, nodata=nodata) for p in images]
+    args = parse_backbone_args(backbone_args)
     config = DenoiseConfig(
         backbone=backbone, sigma=sigma, wne=wne, pooling=pooling, patch=patch, steps=steps,
         batch_size=batch_size, lr=lr, seed=seed, depth=depth, width=width, window=window,
@@ -63,13 +65,14 @@ def denoise_train(
     )
     quiet = is_quiet(ctx)
     with step_progress(quiet) as progress:
-        model, meta = train_denoiser(infos, config, progress=progress)
+        model, meta = train_denoiser(infos, config, backbone_args=args, progress=progress)
     save_model(out, model, meta, overwrite=overwrite)
     if not quiet:
         console.print(
             f"wrote [bold]{out}[/] ({backbone}{' + WNE' if meta['wne'] else ''}, sigma "
             f"{meta['sigma']:.4g}, final rmse {meta['training']['final_rmse']:.4g}, halo "
-            f"{meta['halo']} px, {meta['training']['seconds']:.1f} s)"
+            f"{meta['halo'] if meta['halo'] is not None else 'none (global)'} px, "
+            f"{meta['training']['seconds']:.1f} s)"
         )
 
 
@@ -93,16 +96,18 @@ def denoise_apply(
     cog: bool = opt.COG,
     overwrite: bool = opt.OVERWRITE,
     dry_run: bool = opt.DRY_RUN,
+    backbone: str | None = opt.USER_BACKBONE,
 ) -> None:
-    """Denoise IMAGE chunk-wise with scene statistics: equal to whole-scene denoising."""
+    """Denoise IMAGE chunk-wise with scene statistics: equal to whole-scene denoising (a global
+    backbone runs on the whole scene, up to 1024 x 1024 px, and is refused above)."""
     from ndgeo.checkpoint import load_denoiser
     from ndgeo.io.raster import open_raster
     from ndgeo.processors.denoise import denoise_processor
 
-    load_denoiser(denoiser)  # DENOISER first: swapped arguments get "MODEL comes first"
+    load_denoiser(denoiser, backbone=backbone)  # DENOISER first: "MODEL comes first"
     info = open_raster(image, bands=parse_list(bands), sensor=sensor, nodata=nodata)
     processor, positions, chunk = denoise_processor(
-        denoiser, info, out_dtype=dtype, device=device, chunk_size=chunk_size,
+        denoiser, info, out_dtype=dtype, device=device, chunk_size=chunk_size, backbone=backbone,
     )
     execution = opt.execution(chunk, scheduler, workers, config, timeout)
     run_command(ctx, processor, info, positions, out, execution, co=co, cog=cog,
@@ -121,18 +126,20 @@ def denoise_evaluate(
     bands: str | None = opt.BAND_NAMES,
     sensor: str | None = opt.SENSOR,
     nodata: float | None = opt.NODATA,
+    backbone: str | None = opt.USER_BACKBONE,
 ) -> None:
     """Noise-mismatch diagnostic: PSNR before and after denoising at several noise levels."""
     from ndgeo.checkpoint import load_denoiser
     from ndgeo.io.raster import open_raster
     from ndgeo.training.denoiser import evaluate_denoiser
 
-    load_denoiser(denoiser)  # DENOISER first: swapped arguments get "MODEL comes first"
+    load_denoiser(denoiser, backbone=backbone)  # DENOISER first: "MODEL comes first"
     info = open_raster(image, bands=parse_list(bands), sensor=sensor, nodata=nodata)
     levels = parse_list(sigmas)
     if not levels:
         raise NdgeoError(f"--sigmas needs at least one level, got {sigmas!r}")
-    result = evaluate_denoiser(denoiser, info, levels, draws=draws, seed=seed, device=device)
+    result = evaluate_denoiser(denoiser, info, levels, draws=draws, seed=seed, device=device,
+                               backbone=backbone)
     if as_json:
         print_json(result)
         return

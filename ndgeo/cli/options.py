@@ -6,6 +6,8 @@ Typer needs one parameter per option in each command's signature; the definition
 
 from __future__ import annotations
 
+import json
+
 import typer
 
 from ndgeo.config import DenoiseConfig
@@ -37,6 +39,7 @@ JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 SEED = typer.Option(0, "--seed", help="Random seed.")
 DENOISE_DEPTH = typer.Option(None, "--depth", help="Backbone depth (layers or transformer blocks); default: the backbone's own (dncnn 8, transformer 4, ne-arch 8).")
 DENOISE_WIDTH = typer.Option(None, "--width", help="Backbone channels (transformer: embedding dim); default: the backbone's own (dncnn 32, transformer 32, ne-arch 32).")
+USER_BACKBONE = typer.Option(None, "--backbone", help="The denoiser file's user backbone class pkg.module:Class, named again to rebuild it: this imports and runs that module (a file alone never does).")
 DENOISE_DEFAULTS = DenoiseConfig()
 
 
@@ -49,6 +52,20 @@ def parse_key_values(items: list[str] | None, option: str = "--co") -> dict[str,
             raise NdgeoError(f"{option} expects KEY=VALUE, got {item!r}")
         out[key.strip().upper()] = value.strip()
     return out
+
+
+def parse_backbone_args(text: str | None) -> dict | None:
+    """``--backbone-args``: a JSON object of constructor arguments; None stays None."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise NdgeoError(f"--backbone-args is not valid JSON ({err}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise NdgeoError(f"--backbone-args must be a JSON object like '{{\"width\": 32}}', got "
+                         f"{text!r}")
+    return value
 
 
 def parse_list(text: str | None) -> list[str] | None:

@@ -1,12 +1,21 @@
 """Denoiser backbones for C-band images of any size, sized for CPU.
 
-``DnCNN`` and ``WindowTransformer`` are ordinary (not equivariant) backbones meant to be wrapped by
-:class:`ndgeo.nn.wne.WNE`; ``NEArch`` is the Herbreteau et al. (NeurIPS 2023) baseline, equivariant
-by construction. Each exposes ``receptive_field`` (radius in pixels, the halo exact tiling needs),
-``tile_alignment`` (tile origins must be multiples of it for exact tiling) and ``config()``.
+``DnCNN`` (standard, kind ``dncnn``; bias-free, ``dncnn-bf``) and ``WindowTransformer`` are
+ordinary (not equivariant) backbones meant to be wrapped by :class:`ndgeo.nn.wne.WNE`; ``NEArch`` is
+the Herbreteau et al. (NeurIPS 2023) baseline, equivariant by construction. Each exposes
+``receptive_field`` (radius in pixels, the halo exact tiling needs), ``tile_alignment`` (tile
+origins must be multiples of it for exact tiling) and ``config()``. A user's own module class
+(``pkg.module:Class``) is wrapped by :class:`UserBackbone`, which records how to rebuild it.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import os
+import sys
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -24,32 +33,37 @@ def _pad(x: torch.Tensor, left: int, right: int, top: int, bottom: int) -> torch
     return F.pad(x, (left, right, top, bottom), mode=mode)
 
 
-@register_model("dncnn")
 class DnCNN(nn.Module):
-    """DnCNN (Zhang et al. 2017): conv-ReLU, (depth - 2) x conv-[BN]-ReLU, conv; predicts the noise.
+    """DnCNN (Zhang et al. 2017): conv-ReLU, (depth - 2) x conv-BN-ReLU, conv; predicts the noise.
 
-    Output = input - noise. Zero padding (the mean in WNE-normalized space).
-    ``receptive_field = depth`` (one pixel per 3x3 convolution). ``batchnorm=False`` (default)
-    drops BatchNorm, which trains faster with the small batches a CPU affords; ``True`` is the
-    paper's DnCNN. The inner convolutions have no bias either way (with biases and no BatchNorm
-    the unwrapped model stayed at the identity for 500 steps: benchmarks/results/wne_mismatch.md).
+    Output = input - noise, zero padding (the mean in WNE-normalized space),
+    ``receptive_field = depth`` (one pixel per 3x3 convolution). The defaults are the paper's
+    DnCNN, the backbone the WNE paper wraps (kind ``dncnn``): convolutions with bias, BatchNorm
+    after the inner ones (whose bias BatchNorm's shift replaces). ``bias=False, batchnorm=False``
+    is the bias-free DnCNN (Mohan et al. 2020, kind ``dncnn-bf``): every layer is positively
+    homogeneous, so the network is already scale-equivariant, a different and stronger prior
+    than the standard DnCNN. ``first_bias`` (default ``bias``) keeps only the first layer's bias:
+    the architecture that ``dncnn`` meant before config version 2 (older files).
     """
 
     def __init__(
-        self, channels: int, depth: int = 8, width: int = 32, batchnorm: bool = False
+        self, channels: int, depth: int = 8, width: int = 32, *, batchnorm: bool = True,
+        bias: bool = True, first_bias: bool | None = None,
     ) -> None:
         super().__init__()
         if depth < 2:
             raise NdgeoError(f"DnCNN depth must be >= 2, got {depth}")
         self.channels, self.depth, self.width = channels, depth, width
-        self.batchnorm = batchnorm
-        layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+        self.batchnorm, self.bias = batchnorm, bias
+        self.first_bias = bias if first_bias is None else first_bias
+        layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1, bias=self.first_bias),
+                                   nn.ReLU(inplace=True)]
         for _ in range(depth - 2):
-            layers.append(nn.Conv2d(width, width, 3, padding=1, bias=False))
+            layers.append(nn.Conv2d(width, width, 3, padding=1, bias=bias and not batchnorm))
             if batchnorm:
                 layers.append(nn.BatchNorm2d(width))
             layers.append(nn.ReLU(inplace=True))
-        layers.append(nn.Conv2d(width, channels, 3, padding=1, bias=False))
+        layers.append(nn.Conv2d(width, channels, 3, padding=1, bias=bias))
         self.noise = nn.Sequential(*layers)
         self.receptive_field = depth
         self.tile_alignment = 1
@@ -61,9 +75,45 @@ class DnCNN(nn.Module):
         """The last layer of the residual branch (zeroed by :func:`start_at_identity`)."""
         return self.noise[-1]
 
+    @property
+    def kind(self) -> str:
+        bias_free = not (self.bias or self.first_bias or self.batchnorm)
+        return "dncnn-bf" if bias_free else "dncnn"
+
     def config(self) -> dict:
-        return {"kind": "dncnn", "channels": self.channels, "depth": self.depth,
-                "width": self.width, "batchnorm": self.batchnorm}
+        base = {"kind": self.kind, "channels": self.channels, "depth": self.depth,
+                "width": self.width}
+        if self.kind == "dncnn-bf":
+            return base
+        return {**base, "version": DNCNN_VERSION, "batchnorm": self.batchnorm,
+                "bias": self.bias, "first_bias": self.first_bias}
+
+
+#: Config version of kind ``dncnn``: 2 = explicit bias/BatchNorm flags (the standard DnCNN by
+#: default). Files without it were written when ``dncnn`` meant bias-free inner layers.
+DNCNN_VERSION = 2
+
+
+@register_model("dncnn")
+def _dncnn_from_config(
+    channels: int, depth: int = 8, width: int = 32, version: int | None = None,
+    batchnorm: bool = False, bias: bool | None = None, first_bias: bool | None = None,
+) -> DnCNN:
+    """Registry builder of kind ``dncnn``. A config without ``version`` predates the standard
+    DnCNN: ``dncnn`` then had a bias on the first convolution only and BatchNorm only when asked,
+    and it is rebuilt as exactly that architecture, never as the standard DnCNN."""
+    if version is None:
+        return DnCNN(channels, depth, width, batchnorm=batchnorm, bias=False, first_bias=True)
+    if version != DNCNN_VERSION or bias is None:
+        raise ValueError(f"dncnn config version {version!r} is not one this ndgeo reads "
+                         f"({DNCNN_VERSION}); it was written by a newer ndgeo")
+    return DnCNN(channels, depth, width, batchnorm=batchnorm, bias=bias, first_bias=first_bias)
+
+
+@register_model("dncnn-bf")
+def bias_free_dncnn(channels: int, depth: int = 8, width: int = 32) -> DnCNN:
+    """The bias-free DnCNN (Mohan et al. 2020): no additive constant, no BatchNorm."""
+    return DnCNN(channels, depth, width, batchnorm=False, bias=False)
 
 
 def _partition(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -296,11 +346,108 @@ class NEArch(nn.Module):
                 "width": self.width}
 
 
-BACKBONES: dict[str, type[nn.Module]] = {
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "dncnn": DnCNN,
+    "dncnn-bf": bias_free_dncnn,
     "transformer": WindowTransformer,
     "ne-arch": NEArch,
 }
+
+
+def is_user_backbone(name: str) -> bool:
+    """``pkg.module:Class`` names a user backbone class; built-ins have no colon."""
+    return ":" in name
+
+
+def import_backbone(class_path: str) -> type[nn.Module]:
+    """Import the ``nn.Module`` subclass named ``pkg.module:Class``.
+
+    This runs that module's code, as any import does: call it only for a class the user named
+    (``--backbone``), never for one a file names. The current directory is importable, as for
+    ``python -m``.
+    """
+    module_name, _, attr = class_path.partition(":")
+    if not module_name or not attr or not all(p.isidentifier() for p in
+                                              (*module_name.split("."), *attr.split("."))):
+        raise NdgeoError(f"--backbone {class_path!r} is not a built-in ({', '.join(BACKBONES)}) "
+                         "nor a class path pkg.module:Class")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: object = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except ImportError as err:
+        raise NdgeoError(f"cannot import backbone {class_path!r}: {err}") from None
+    except AttributeError:
+        raise NdgeoError(f"module {module_name!r} has no {attr!r} (--backbone {class_path})"
+                         ) from None
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        raise NdgeoError(f"--backbone {class_path} is not a torch.nn.Module subclass")
+    return obj
+
+
+class UserBackbone(nn.Module):
+    """A user's backbone class ``Class(channels, **args)`` with the ``config()`` that lets a model
+    file record how to rebuild it: the class path and the arguments (kind ``user``).
+
+    Rebuilding from a file goes through :func:`user_backbone_allowed`: the registry builder only
+    accepts the class the caller imported on the user's say-so, never imports by itself. The
+    wrapped module's ``receptive_field`` and ``tile_alignment`` are used when it declares them.
+    """
+
+    def __init__(self, class_path: str, cls: type[nn.Module], channels: int,
+                 args: dict | None = None) -> None:
+        super().__init__()
+        self.class_path, self.channels, self.args = class_path, channels, dict(args or {})
+        try:
+            self.net = cls(channels, **self.args)
+        except TypeError as err:
+            raise NdgeoError(f"{class_path}(channels={channels}, **{self.args}) failed: {err}"
+                             ) from None
+        for name in ("receptive_field", "tile_alignment"):
+            if getattr(self.net, name, None) is not None:
+                setattr(self, name, int(getattr(self.net, name)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def config(self) -> dict:
+        return {"kind": "user", "class": self.class_path, "channels": self.channels,
+                "args": self.args}
+
+
+_ALLOWED: contextvars.ContextVar[dict[str, type[nn.Module]] | None] = contextvars.ContextVar(
+    "ndgeo_user_backbones", default=None)
+
+
+@contextlib.contextmanager
+def user_backbone_allowed(class_path: str | None) -> Iterator[None]:
+    """Within the block, the registry may rebuild the user backbone ``class_path`` (imported here,
+    because the user named it); no other class. ``None`` allows none."""
+    allowed = {} if class_path is None else {class_path: import_backbone(class_path)}
+    token = _ALLOWED.set(allowed)
+    try:
+        yield
+    finally:
+        _ALLOWED.reset(token)
+
+
+@register_model("user")
+def _user_from_config(channels: int, args: dict, **config: object) -> UserBackbone:
+    """Registry builder of kind ``user``: only a class allowed by :func:`user_backbone_allowed`."""
+    class_path = str(config.get("class"))
+    cls = (_ALLOWED.get() or {}).get(class_path)
+    if cls is None:
+        raise NdgeoError(f"the file's backbone is the user class {class_path}; loading a file "
+                         f"never imports the code it names: pass --backbone {class_path} to "
+                         "rebuild it (that imports and runs the module)")
+    return UserBackbone(class_path, cls, channels, args)
+
+
+def user_backbone(class_path: str, channels: int, **args: object) -> UserBackbone:
+    """Import ``pkg.module:Class`` (runs its code); ``Class(channels, **args)``, saveable."""
+    return UserBackbone(class_path, import_backbone(class_path), channels, args)
 
 
 def start_at_identity(model: nn.Module) -> nn.Module:
@@ -321,7 +468,7 @@ def start_at_identity(model: nn.Module) -> nn.Module:
 
 
 def build_denoiser(
-    backbone: str,
+    backbone: str | nn.Module,
     channels: int,
     wne: bool = True,
     pooling: str = "joint",
@@ -331,13 +478,23 @@ def build_denoiser(
     tau: float | None = None,
     **kw: object,
 ) -> nn.Module:
-    """Backbone ``"dncnn" | "transformer" | "ne-arch"`` for ``channels`` bands (``kw`` -> its
-    constructor), wrapped in :class:`WNE` when ``wne`` (ne-arch is NE by construction: never
-    wrapped). ``data_range`` (full-scale range in data units) sets the default eps and tau."""
-    if backbone not in BACKBONES:
+    """Backbone ``"dncnn" | "dncnn-bf" | "transformer" | "ne-arch"``, a user class
+    ``"pkg.module:Class"`` (imported: runs its code) or a module, for ``channels`` bands (``kw``
+    -> its constructor), wrapped in :class:`WNE` when ``wne`` (ne-arch is NE by construction:
+    never wrapped). ``data_range`` (full-scale range in data units) sets the default eps and
+    tau."""
+    if isinstance(backbone, nn.Module):
+        net = backbone
+    elif is_user_backbone(backbone):
+        net = user_backbone(backbone, channels, **kw)
+    elif backbone in BACKBONES:
+        try:
+            net = BACKBONES[backbone](channels, **kw)
+        except TypeError as err:
+            raise NdgeoError(f"backbone {backbone!r}: {err}") from None
+    else:
         raise NdgeoError(f"unknown denoiser backbone {backbone!r}; expected one of "
-                         f"{sorted(BACKBONES)}")
-    net = BACKBONES[backbone](channels, **kw)
-    if not wne or backbone == "ne-arch":
+                         f"{sorted(BACKBONES)} or a class path pkg.module:Class")
+    if not wne or isinstance(net, NEArch):
         return net
-    return WNE(net, pooling=pooling, eps=eps, tau=tau, data_range=data_range)
+    return WNE(net, pooling=pooling, eps=eps, tau=tau, data_range=data_range, channels=channels)

@@ -12,10 +12,17 @@ are computed once (masked, float64, the same definition as ``wne_stats``: in num
 ``combine_moments`` and ``moments_to_stats``) and passed to every tile with
 ``forward(..., stats=...)``; with a halo >= the backbone's receptive field the mosaic then equals
 whole-scene inference.
+
+Any ``nn.Module`` with ``forward(x) -> same shape`` can be wrapped (attention, LayerNorm,
+BatchNorm included). Its receptive field is the one it declares (``receptive_field``), else it is
+measured once by back-propagation and cached (:meth:`WNE.measured_field`); a backbone whose
+output depends on the whole input (global attention or pooling: the measured field reaches the
+border of every probe) is flagged ``is_global`` and has no finite halo.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -139,6 +146,9 @@ class WNE(nn.Module):
     Groups with s < ``tau`` (default 1e-9 * ``data_range``) are constant: the input is returned
     unchanged, the only equivariant answer. ``receptive_field`` is the backbone's: it is the halo
     needed for exact tiling when ``stats`` are passed in (internal statistics see the whole tile).
+    The backbone needs nothing but ``forward(x) -> same shape``; ``channels`` (the band count) is
+    only needed to measure an undeclared receptive field of a backbone without any Conv2d, and
+    is otherwise read from the first Conv2d or the first input seen.
     """
 
     def __init__(
@@ -148,8 +158,11 @@ class WNE(nn.Module):
         eps: float | None = None,
         tau: float | None = None,
         data_range: float = 1.0,
+        channels: int | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(backbone, nn.Module):
+            raise NdgeoError(f"WNE wraps a torch.nn.Module, got {type(backbone).__name__}")
         if data_range <= 0:
             raise NdgeoError(f"WNE data_range must be positive, got {data_range}")
         self.backbone = backbone
@@ -158,8 +171,40 @@ class WNE(nn.Module):
         self.tau = float(1e-9 * data_range if tau is None else tau)
         if self.eps < 0 or self.tau < 0:
             raise NdgeoError(f"WNE eps and tau must be >= 0, got eps={self.eps}, tau={self.tau}")
-        self.receptive_field: int = backbone.receptive_field
-        self.tile_alignment: int = getattr(backbone, "tile_alignment", 1)
+        self.channels = channels
+        self.tile_alignment: int = int(getattr(backbone, "tile_alignment", 1))
+        declared = getattr(backbone, "receptive_field", None)
+        self._field: int | None = None if declared is None else int(declared)
+        self._measured = declared is not None  # declared fields are never measured
+
+    @property
+    def receptive_field(self) -> int | None:
+        """Radius (pixels) of the backbone's receptive field, the halo exact tiling needs;
+        ``None`` for a global backbone (see :attr:`is_global`). Declared or measured once."""
+        if not self._measured:
+            self._field = self.measured_field()
+            self._measured = True
+        return self._field
+
+    @property
+    def is_global(self) -> bool:
+        """True when the backbone's output depends on the whole input: no halo makes tiles exact."""
+        return self.receptive_field is None
+
+    def measured_field(self) -> int | None:
+        """Measure the backbone's receptive field (:func:`backbone_field`) on a copy of it."""
+        channels = self.channels or _input_channels(self.backbone)
+        if channels is None:
+            raise NdgeoError(
+                f"cannot measure the receptive field of {type(self.backbone).__name__}: it "
+                "declares none and has no Conv2d to read its band count from; pass "
+                "WNE(backbone, channels=C)"
+            )
+        return backbone_field(self.backbone, channels, self.tile_alignment)
+
+    def _observe(self, channels: int) -> None:
+        if self.channels is None:
+            self.channels = channels
 
     def forward(
         self,
@@ -174,6 +219,7 @@ class WNE(nn.Module):
         (std without eps) replaces the internal statistics, e.g. scene statistics for tiles.
         """
         valid = _valid_mask(y, mask)
+        self._observe(y.shape[1])
         if stats is None:
             mean, std = wne_stats(y, valid, self.pooling)
         else:
@@ -188,7 +234,17 @@ class WNE(nn.Module):
         return torch.where(valid, out, y)
 
     def config(self) -> dict:
-        """JSON-able description; ``build_model(config)`` rebuilds the module (weights aside)."""
+        """JSON-able description; ``build_model(config)`` rebuilds the module (weights aside).
+
+        Needs the backbone's own ``config()``: built-in backbones and those built by
+        :func:`ndgeo.nn.denoisers.user_backbone` (which records the class path and arguments).
+        """
+        if not callable(getattr(self.backbone, "config", None)):
+            raise NdgeoError(
+                f"the backbone {type(self.backbone).__name__} has no config(), so a file could not "
+                "say how to rebuild it; build it with ndgeo.nn.user_backbone('pkg.module:Class', "
+                "channels, **args) (or `ndgeo denoise train --backbone pkg.module:Class`)"
+            )
         return {
             "kind": "wne",
             "pooling": self.pooling,
@@ -202,6 +258,10 @@ class WNE(nn.Module):
 def _wne_from_config(backbone: dict, pooling: str, eps: float, tau: float) -> WNE:
     """Registry builder: the nested backbone config is rebuilt first."""
     return WNE(build_model(backbone), pooling=pooling, eps=eps, tau=tau)
+
+
+class BorderReached(ValueError):
+    """The measured receptive field reaches the border of the probe input."""
 
 
 def measure_receptive_field(
@@ -242,8 +302,60 @@ def measure_receptive_field(
     )
     radius = int(torch.where(hit, dist, 0).max())
     if radius >= min(centre, size - centre - period):
-        raise ValueError(f"receptive field reaches the border at size={size}; use a larger size")
+        raise BorderReached(f"receptive field reaches the border at size={size}; use a larger size")
     return radius
+
+
+#: Probe sizes of :func:`backbone_field`: a field reaching the border of the largest is global.
+PROBE_SIZES = (24, 48, 96)
+
+
+def backbone_field(
+    module: nn.Module, channels: int, period: int = 1, sizes: Sequence[int] = PROBE_SIZES
+) -> int | None:
+    """Receptive-field radius of ``module`` measured on growing probes, ``None`` when global.
+
+    Measures a copy whose parameters are jittered (a zero-initialised layer, e.g. the
+    identity start of training, would hide the field) with :func:`measure_receptive_field` at
+    each size in turn; a field still reaching the border of the largest probe means the output
+    depends on the whole input (global attention or pooling), which no halo can make exact.
+    """
+    probe = copy.deepcopy(module)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in probe.parameters():
+            if p.is_floating_point() and p.numel():
+                jitter = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+                p.add_(jitter * (1e-3 + 0.1 * float(p.abs().mean())))
+    for size in sizes:
+        if size <= 2 * period:
+            continue
+        try:
+            return measure_receptive_field(probe, channels, size=size, period=period)
+        except BorderReached:
+            continue
+    return None
+
+
+def _input_channels(module: nn.Module) -> int | None:
+    """The input channels of the first Conv2d in ``module`` (a backbone's band count), if any."""
+    conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
+    return None if conv is None else int(conv.in_channels)
+
+
+def receptive_field_of(model: nn.Module) -> int | None:
+    """A denoiser's receptive field (``None``: global): WNE's cached one, a declared one, or
+    measured now (an unwrapped user backbone)."""
+    if isinstance(model, WNE):
+        return model.receptive_field
+    declared = getattr(model, "receptive_field", None)
+    if declared is not None:
+        return int(declared)
+    channels = getattr(model, "channels", None) or _input_channels(model)
+    if channels is None:
+        raise NdgeoError(f"cannot measure the receptive field of {type(model).__name__}: no band "
+                         "count (wrap it in WNE(backbone, channels=C))")
+    return backbone_field(model, int(channels), int(getattr(model, "tile_alignment", 1)))
 
 
 def run_denoiser(

@@ -12,6 +12,11 @@ command's :class:`ndgeo.engine.Execution`) and given to every tile, the halo is 
 receptive field rounded up to its ``tile_alignment`` and chunk origins are multiples of that
 alignment, so the tiled output equals whole-scene inference. Invalid pixels are filled with the
 scene mean before the backbone (0 in normalized space) and restored as nodata after.
+
+A global backbone (its output depends on the whole input, e.g. global attention:
+:attr:`ndgeo.nn.wne.WNE.is_global`) has no halo that makes tiles exact. It is run on the whole
+scene as one block when the scene has at most ``max_whole_pixels`` pixels (default
+:data:`WHOLE_SCENE_PIXELS`, 1024 x 1024), and refused otherwise: never silently seamful.
 """
 
 from __future__ import annotations
@@ -32,12 +37,35 @@ from ndgeo.device import one_torch_thread, resolve_device
 from ndgeo.errors import NdgeoError
 from ndgeo.io.raster import SUPPORTED_DTYPES, RasterInfo, check_nodata
 from ndgeo.io.tiles import aligned_chunk_size, chunk_shape, halo_for
-from ndgeo.nn.wne import WNE, run_denoiser
+from ndgeo.nn.wne import WNE, receptive_field_of, run_denoiser
+
+#: Largest scene (pixels) that a global denoiser runs on as one block: its activations then hold
+#: the whole scene at once (attention: quadratic in it), far above what tiles need.
+WHOLE_SCENE_PIXELS = 1024 * 1024
 
 
-def model_halo(model: nn.Module) -> int:
-    """The tiling halo of a denoiser: its receptive field rounded up to its tile alignment."""
-    return halo_for(int(model.receptive_field), int(getattr(model, "tile_alignment", 1)))
+def model_halo(model: nn.Module) -> int | None:
+    """The tiling halo of a denoiser: its receptive field rounded up to its tile alignment;
+    ``None`` for a global backbone (no halo makes tiles exact)."""
+    field = receptive_field_of(model)
+    if field is None:
+        return None
+    return halo_for(int(field), int(getattr(model, "tile_alignment", 1)))
+
+
+def whole_scene_chunk(model: nn.Module, image: RasterInfo, max_whole_pixels: int) -> int:
+    """The chunk size running a global denoiser on all of ``image`` at once, or a one-line
+    refusal when the scene is larger than ``max_whole_pixels``."""
+    pixels = image.height * image.width
+    name = type(getattr(model, "backbone", model)).__name__
+    if pixels > max_whole_pixels:
+        raise NdgeoError(
+            f"the denoiser's backbone {name} is global (its measured receptive field reaches the "
+            f"border of every probe), so tiles would show seams; {image.path} "
+            f"({image.height} x {image.width} px) is larger than the {max_whole_pixels} px it may "
+            "process whole: crop the scene or use a local backbone"
+        )
+    return max(image.height, image.width)
 
 
 def _to_output(values: np.ndarray, valid: np.ndarray, dtype: str, nodata: float) -> np.ndarray:
@@ -65,7 +93,9 @@ class DenoiseProcessor(engine.Processor):
     The statistics are computed by :meth:`prepare` (one pass over the image at ``positions``
     on the command's execution context) unless given. ``band_index`` picks the denoiser's
     bands out of a wider block (the classifier's, for ``apply --denoise``); other bands pass
-    through unchanged.
+    through unchanged. ``backbone`` is the user backbone class the user named (``--backbone``),
+    which each worker imports to rebuild the model. ``whole_scene``: a global backbone, run on
+    the whole scene as one chunk.
     """
 
     denoiser_path: str
@@ -81,6 +111,8 @@ class DenoiseProcessor(engine.Processor):
     out_nodata: float = float("nan")
     device: str = "cpu"
     band_index: tuple[int, ...] | None = None
+    backbone: str | None = None
+    whole_scene: bool = False
     tags: dict = field(default_factory=dict)
 
     @property
@@ -127,8 +159,9 @@ class DenoiseProcessor(engine.Processor):
             one_torch_thread()
         if self.mean is None:
             raise RuntimeError("DenoiseProcessor used before its scene statistics were set")
-        model = cached_load(self.denoiser_path, partial(_load_denoiser_on, device=device),
-                                   key=("denoiser", str(device)))
+        model = cached_load(self.denoiser_path,
+                            partial(_load_denoiser_on, device=device, backbone=self.backbone),
+                            key=("denoiser", str(device), self.backbone))
         y = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(device)[None]
         mask = torch.from_numpy(np.ascontiguousarray(valid)).to(device)[None, None]
         u = ((y.double() - self.data_min) / self.data_range).float()
@@ -148,6 +181,8 @@ def denoise_processor(
     out_dtype: str = "same",
     device: str = "auto",
     chunk_size: int = 1024,
+    backbone: str | None = None,
+    max_whole_pixels: int = WHOLE_SCENE_PIXELS,
 ) -> tuple[DenoiseProcessor, list[int], int]:
     """Processor, input band positions and aligned chunk size for ``ndgeo denoise apply``.
 
@@ -155,10 +190,12 @@ def denoise_processor(
     pass runs in :meth:`DenoiseProcessor.prepare`, inside the run. ``out_dtype="same"`` keeps
     the input type (rounded and clipped). Output nodata: the input's (it must fit the output
     type; a NaN one counts as none for integer output), else NaN for float output or the type's
-    minimum for integer output.
+    minimum for integer output. ``backbone``: the user backbone class the file records, named
+    again by the user (see :func:`ndgeo.checkpoint.load_denoiser`). A global backbone runs on the
+    whole scene (one chunk) up to ``max_whole_pixels`` and is refused above.
     """
     resolve_device(device)
-    model, meta = load_denoiser(denoiser_path)
+    model, meta = load_denoiser(denoiser_path, backbone=backbone)
     positions = match_model_bands(meta, image)
     dtype = image.dtype if out_dtype == "same" else out_dtype
     if dtype not in SUPPORTED_DTYPES:
@@ -171,15 +208,20 @@ def denoise_processor(
             check_nodata(nodata, dtype, what=f"input nodata for --dtype {dtype}")
     else:  # no input nodata, or a NaN one that an integer type cannot hold
         nodata = float(np.iinfo(dtype).min) if integer else float("nan")
-    align = int(getattr(model, "tile_alignment", 1))
-    chunk = aligned_chunk_size(chunk_size, image.block_shape, image.shape, align,
-                               name=image.path)
+    halo = model_halo(model)
+    whole = halo is None
+    if whole:
+        chunk, halo = whole_scene_chunk(model, image, max_whole_pixels), 0
+    else:
+        align = int(getattr(model, "tile_alignment", 1))
+        chunk = aligned_chunk_size(chunk_size, image.block_shape, image.shape, align,
+                                   name=image.path)
     processor = DenoiseProcessor(
         os.path.abspath(denoiser_path), float(meta["data_min"]), float(meta["data_range"]),
-        model_halo(model), [image.bands[p].name for p in positions], positions=tuple(positions),
+        halo, [image.bands[p].name for p in positions], positions=tuple(positions),
         pooling=model.pooling if isinstance(model, WNE) else "joint",
-        out_dtype=dtype, out_nodata=nodata, device=device,
-        tags={"NDGEO_DENOISER": os.path.basename(denoiser_path)},
+        out_dtype=dtype, out_nodata=nodata, device=device, backbone=backbone,
+        whole_scene=whole, tags={"NDGEO_DENOISER": os.path.basename(denoiser_path)},
     )
     return processor, positions, chunk
 
@@ -191,6 +233,7 @@ def denoise_stage(
     *,
     chunk_size: int,
     device: str = "auto",
+    backbone: str | None = None,
 ) -> DenoiseProcessor:
     """The denoising stage of ``ndgeo apply --denoise``: ``.halo`` and ``.denoise(block, valid)``
     on blocks holding the image bands at ``positions`` (the classifier's).
@@ -201,6 +244,7 @@ def denoise_stage(
     """
     processor, wanted, chunk = denoise_processor(
         denoiser_path, image, out_dtype="float32", device=device, chunk_size=chunk_size,
+        backbone=backbone,
     )
     missing = [image.bands[p].name for p in wanted if p not in positions]
     if missing:
@@ -209,11 +253,14 @@ def denoise_stage(
     if chunk_shape(chunk_size, image.block_shape, image.shape) != chunk_shape(
         chunk, image.block_shape, image.shape
     ):
+        if processor.whole_scene:
+            raise NdgeoError(f"the denoiser's backbone is global: it runs on the whole scene as "
+                             f"one chunk; use --chunk-size {chunk}")
         raise NdgeoError(f"--chunk-size {chunk_size} breaks the denoiser's tile alignment; "
                          f"use --chunk-size {chunk}")
     processor.band_index = tuple(list(positions).index(p) for p in wanted)
     return processor
 
 
-def _load_denoiser_on(path: str, device: torch.device) -> nn.Module:
-    return load_denoiser(path)[0].to(device)
+def _load_denoiser_on(path: str, device: torch.device, backbone: str | None = None) -> nn.Module:
+    return load_denoiser(path, backbone=backbone)[0].to(device)

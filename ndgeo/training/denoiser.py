@@ -24,7 +24,7 @@ from ndgeo.device import resolve_device
 from ndgeo.errors import NdgeoError
 from ndgeo.io.raster import RasterInfo, open_dataset, read_float_block
 from ndgeo.nn.denoisers import build_denoiser, start_at_identity
-from ndgeo.nn.wne import WNE, run_denoiser
+from ndgeo.nn.wne import WNE, receptive_field_of, run_denoiser
 from ndgeo.processors.denoise import DenoiseProcessor, model_halo
 from ndgeo.training.patches import PatchSampler
 
@@ -33,6 +33,7 @@ def train_denoiser(
     images: Sequence[RasterInfo],
     config: DenoiseConfig,
     *,
+    backbone_args: dict | None = None,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train a denoiser on clean patches of ``images`` with synthetic Gaussian noise.
@@ -43,8 +44,10 @@ def train_denoiser(
     statistics are those of each noisy training patch (the instance, as in the paper). The
     residual branch starts at zero (:func:`ndgeo.nn.denoisers.start_at_identity`): the model
     starts as the identity and every step improves on it.
-    ``progress(step, steps, rmse)`` gets the running RMSE in data units. Returns the model (eval
-    mode, CPU) and the metadata to save with it.
+    ``config.backbone`` may be a user class ``pkg.module:Class`` (imported: runs its code), built
+    as ``Class(channels, **backbone_args)``; ``backbone_args`` also reach a built-in backbone's
+    constructor. ``progress(step, steps, rmse)`` gets the running RMSE in data units. Returns the
+    model (eval mode, CPU) and the metadata to save with it.
     """
     if not images:
         raise NdgeoError("give at least one training image")
@@ -72,9 +75,10 @@ def train_denoiser(
         if not span > 0:
             raise NdgeoError(f"training pixels are constant ({lo:g}); nothing to learn")
         sigma = parse_sigma(config.sigma, data_range=span)
+        kwargs = {**config.backbone_kwargs(), **(backbone_args or {})}
         model = start_at_identity(build_denoiser(
             config.backbone, len(bands), wne=config.wne, pooling=config.pooling,
-            data_range=1.0, **config.backbone_kwargs(),
+            data_range=1.0, **kwargs,
         )).to(device)
         model.train()
         opt = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -101,6 +105,7 @@ def train_denoiser(
             if progress is not None:
                 progress(step, config.steps, math.sqrt(running) * span)
     model = model.cpu().eval()
+    field = receptive_field_of(model)  # declared, else measured on the trained weights
     tail = history[-max(1, len(history) // 10):]
     meta = {
         "task": DENOISE_TASK,
@@ -108,7 +113,9 @@ def train_denoiser(
         "backbone": config.backbone,
         "wne": isinstance(model, WNE),
         "pooling": model.pooling if isinstance(model, WNE) else None,
-        "receptive_field": int(model.receptive_field),
+        "backbone_args": backbone_args or {},
+        "receptive_field": None if field is None else int(field),
+        "global_field": field is None,
         "tile_alignment": int(getattr(model, "tile_alignment", 1)),
         "halo": model_halo(model),
         "sigma": sigma,
@@ -152,6 +159,7 @@ def evaluate_denoiser(
     draws: int = 3,
     seed: int = 0,
     device: str = "auto",
+    backbone: str | None = None,
 ) -> dict:
     """The paper's noise-mismatch diagnostic on ``image`` taken as clean.
 
@@ -160,10 +168,11 @@ def evaluate_denoiser(
     noisy scene's statistics are computed and the whole scene is denoised in memory (equal to the
     tiled path, see the module docstring; meant for test scenes or crops). PSNR over valid pixels
     with peak = max - min of the clean valid pixels, output clamped to [min, max], input not.
+    ``backbone``: the user backbone class the file records, named again by the user.
     """
     if draws < 1:
         raise NdgeoError(f"--draws must be >= 1, got {draws}")
-    model, meta = load_denoiser(denoiser_path)
+    model, meta = load_denoiser(denoiser_path, backbone=backbone)
     positions = match_model_bands(meta, image)
     with open_dataset(image.path) as src:
         clean, valid = read_float_block(src, image, positions)
@@ -176,8 +185,8 @@ def evaluate_denoiser(
         raise NdgeoError("give at least one noise level")
     processor = DenoiseProcessor(
         os.path.abspath(denoiser_path), float(meta["data_min"]), float(meta["data_range"]),
-        model_halo(model), [image.bands[p].name for p in positions], device=device,
-        pooling=model.pooling if isinstance(model, WNE) else "joint",
+        model_halo(model) or 0, [image.bands[p].name for p in positions], device=device,
+        pooling=model.pooling if isinstance(model, WNE) else "joint", backbone=backbone,
     )
     gen = np.random.default_rng(seed)
     rows = []
