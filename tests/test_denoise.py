@@ -6,7 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -399,3 +402,126 @@ def test_apply_denoise_with_workers_starts_one_cluster(scene, denoisers, tmp_pat
                  "--workers", "1", "--chunk-size", 32)
     assert result.exit_code == 0, result.output
     assert len(starts) == 1 and out.exists()
+
+
+# --- user backbones (--backbone pkg.module:Class) and global backbones ----------------------
+
+LOCAL, GLOBAL = "user_backbones:LocalMix", "user_backbones:GlobalAttention"
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def user_denoisers(scene):
+    """A local and a global user backbone (tests/user_backbones.py) trained through the CLI."""
+    out = {}
+    for cls, args in ((LOCAL, '{"width": 6}'), (GLOBAL, '{"width": 8, "heads": 2}')):
+        path = scene["root"] / f"{cls.split(':')[1]}.safetensors"
+        result = cli("denoise", "train", scene["tiled"], "-o", path, "--backbone", cls,
+                     "--backbone-args", args, "--sigma", "2%", "--steps", 3, "--patch", 24,
+                     "--batch-size", 2, "--lr", 0.03)
+        assert result.exit_code == 0, result.output
+        out[cls] = path
+    return out
+
+
+def test_user_backbone_round_trip_through_the_cli(scene, user_denoisers, tmp_path):
+    path = user_denoisers[LOCAL]
+    model, meta = lib.load_denoiser(path, backbone=LOCAL)
+    assert meta["backbone"] == LOCAL and meta["backbone_args"] == {"width": 6}
+    assert meta["config"]["backbone"] == {"kind": "user", "class": LOCAL, "channels": 10,
+                                          "args": {"width": 6}}
+    # measured (the class declares nothing): two 3x3 convolutions
+    assert meta["receptive_field"] == 2 and meta["halo"] == 2 and not meta["global_field"]
+    out = tmp_path / "out.tif"
+    result = cli("denoise", "apply", path, scene["tiled"], "-o", out, "--dtype", "float32",
+                 "--chunk-size", 32, "--backbone", LOCAL)
+    assert result.exit_code == 0, result.output
+    processor, _, _ = lib.denoise_processor(path, open_raster(scene["tiled"]),
+                                            out_dtype="float32", backbone=LOCAL)
+    reference, valid = whole_reference(processor, scene["tiled"])
+    tiled = read(out)[0]
+    assert np.abs(tiled[:, valid] - reference[:, valid]).max() <= 1e-4 * meta["data_range"]
+    assert np.abs(reference[:, valid] - read_float_block(
+        rasterio.open(scene["tiled"]), open_raster(scene["tiled"]), range(10))[0][:, valid]
+                  ).max() > 1e-3 * meta["data_range"]  # the model does something
+    result = cli("denoise", "evaluate", path, scene["tiled"], "--sigmas", "1x", "--draws", 1,
+                 "--json", "--backbone", LOCAL)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["backbone"] == LOCAL
+
+
+def test_user_backbone_file_is_refused_unless_the_class_is_named_again(scene, user_denoisers,
+                                                                       tmp_path):
+    path, out = user_denoisers[LOCAL], tmp_path / "out.tif"
+    info = open_raster(scene["tiled"])
+    classifier = tmp_path / "classifier.safetensors"
+    save_model(classifier, NDClassifier(info.count, 2, n_indices=2), {
+        "bands": [{"name": b.name, "letter": b.letter} for b in info.bands],
+        "classes": [{"id": 0, "name": "a"}, {"id": 1, "name": "b"}],
+    })
+    cases = [
+        (("denoise", "apply", path, scene["tiled"], "-o", out), f"pass --backbone {LOCAL}"),
+        (("denoise", "apply", path, scene["tiled"], "-o", out, "--backbone", GLOBAL),
+         f"(not {GLOBAL})"),
+        (("denoise", "evaluate", path, scene["tiled"]), "never imports"),
+        (("apply", classifier, scene["tiled"], "-o", out, "--denoise", path),
+         f"pass --backbone {LOCAL}"),
+        (("denoise", "apply", user_denoisers[GLOBAL], scene["tiled"], "-o", out, "--backbone",
+          LOCAL), f"(not {LOCAL})"),
+        (("apply", classifier, scene["tiled"], "-o", out, "--backbone", LOCAL), "give --denoise"),
+        (("denoise", "train", scene["tiled"], "-o", out, "--sigma", "2%", "--backbone",
+          "user_backbones:Missing"), "has no 'Missing'"),
+        (("denoise", "train", scene["tiled"], "-o", out, "--sigma", "2%", "--backbone",
+          "no_such_module_x:Net"), "cannot import"),
+        (("denoise", "train", scene["tiled"], "-o", out, "--sigma", "2%", "--backbone", LOCAL,
+          "--backbone-args", "[1]"), "JSON object"),
+    ]
+    for args, message in cases:
+        result = cli(*args)
+        assert result.exit_code == 2, (args, result.output)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+        assert message in lines[0], lines[0]
+    assert not out.exists()
+    result = cli("apply", classifier, scene["tiled"], "-o", out, "--denoise", path, "--backbone",
+                 LOCAL, "--chunk-size", 32)
+    assert result.exit_code == 0, result.output
+
+
+def test_loading_a_file_never_imports_the_module_it_names(scene, user_denoisers, tmp_path):
+    """Real processes: the backbone module logs its import; a refused load imports nothing."""
+    log = tmp_path / "imports.log"
+    env = {**os.environ, "NDGEO_TEST_IMPORT_LOG": str(log),
+           "PYTHONPATH": os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")])}
+    base = [sys.executable, "-m", "ndgeo", "-q", "denoise", "apply", str(user_denoisers[LOCAL]),
+            str(scene["tiled"]), "-o", str(tmp_path / "out.tif")]
+    refused = subprocess.run(base, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stderr
+    assert "never imports" in refused.stderr + refused.stdout and not log.exists()
+    done = subprocess.run([*base, "--backbone", LOCAL], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().split() and set(log.read_text().split()) == {"user_backbones"}
+
+
+def test_global_backbone_runs_whole_or_is_refused(scene, user_denoisers, tmp_path):
+    path = user_denoisers[GLOBAL]
+    meta = lib.load_denoiser(path, backbone=GLOBAL)[1]
+    assert meta["global_field"] and meta["receptive_field"] is None and meta["halo"] is None
+    info = open_raster(scene["tiled"])
+    out = tmp_path / "out.tif"
+    result = cli("denoise", "apply", path, scene["tiled"], "-o", out, "--dtype", "float32",
+                 "--chunk-size", 32, "--backbone", GLOBAL)
+    assert result.exit_code == 0, result.output
+    processor, _, chunk = lib.denoise_processor(path, info, out_dtype="float32", chunk_size=32,
+                                                backbone=GLOBAL)
+    assert processor.whole_scene and processor.halo == 0 and chunk == SIZE  # one chunk
+    reference, valid = whole_reference(processor, scene["tiled"])
+    assert np.abs(read(out)[0][:, valid] - reference[:, valid]).max() <= 1e-4 * meta[
+        "data_range"]
+    with pytest.raises(NdgeoError, match=r"is global .* tiles would show seams; .* larger than "
+                                         r"the 4096 px it may process whole"):
+        lib.denoise_processor(path, info, backbone=GLOBAL, max_whole_pixels=4096)
+    with pytest.raises(NdgeoError, match="global: it runs on the whole scene as one chunk; use "
+                                         f"--chunk-size {SIZE}"):
+        lib.denoise_stage(path, info, list(range(10)), chunk_size=32, backbone=GLOBAL)
