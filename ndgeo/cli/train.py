@@ -259,34 +259,44 @@ def _keep_interrupted(exc: KeyboardInterrupt, out: Path, config: TrainConfig,
 def formula(
     ctx: typer.Context,
     model: Path = typer.Argument(..., help="Model file written by `ndgeo train`."),
-    fmt: str = typer.Option("text", "--format", "-f", help="text, latex, asi (Awesome Spectral Indices JSON), numexpr (one bare expression per index, in order), gdal_calc (one gdal_calc.py command line per index) or json."),
+    fmt: str = typer.Option("text", "--format", "-f", help="text, latex, asi (Awesome Spectral Indices JSON), numexpr (one bare expression per index, in order), gdal_calc (one gdal_calc.py command line per index), json, vrt (a GDAL VRT computing every index from --image, written to -o), gee (Earth Engine ee.Image.expression calls, JavaScript and Python) or qgis (raster-calculator expressions over \"layer@band\")."),
     precision: int | None = typer.Option(None, "--precision", help="Decimal places of coefficients; default 3 for text and latex, 6 for the machine formats (numexpr, gdal_calc, asi, json)."),
     threshold: float | None = typer.Option(None, "--threshold", help="Drop terms below this fraction of an index's largest weight; default 0.05 for text and latex (the dropped share is printed), 0 for the machine formats, which then reproduce the model."),
     domain: str = typer.Option("vegetation", "--domain", help="application_domain of --format asi entries."),
-    image: str | None = typer.Option(None, "--image", help="gdal_calc: the raster to compute on; its bands are matched to the model's by name (default: IMAGE.tif numbered in the model's band order)."),
+    image: str | None = typer.Option(None, "--image", help="gdal_calc, qgis: the raster to compute on, vrt: the raster the VRT reads; its bands are matched to the model's by name (gdal_calc/qgis default: IMAGE.tif numbered in the model's band order)."),
+    output: Path | None = typer.Option(None, *opt.OUTPUT, help="--format vrt: the VRT file to write."),
+    overwrite: bool = opt.OVERWRITE,
     band_names: str | None = opt.BAND_NAMES,
-    sensor: str | None = opt.SENSOR,
+    sensor: str | None = typer.Option(None, "--sensor", help="gee: the Earth Engine collection of the model's sensor (sentinel-2, landsat-8, landsat-9, landsat-7); gdal_calc, qgis, vrt: preset naming the --image bands."),
+    nodata: float | None = opt.NODATA,
+    scale: float | None = opt.SCALE,
+    offset: float | None = opt.OFFSET,
+    layer: str | None = typer.Option(None, "--layer", help="qgis: the layer name in \"layer@band\" (default the --image file name without extension, as QGIS names it)."),
 ) -> None:
     """Print a model's learned first-layer indices as formulas over band names.
 
     The machine formats (numexpr, gdal_calc, asi, json) are exact by default: every term, 6
     decimals. With --threshold or a lower --precision they approximate the model; the asi and
     json documents then record the dropped weight and an error bound, and a warning says so.
+    vrt, gee and qgis always compute the model's own indices: full-precision weights, its eps,
+    the image's scale/offset and the clip of negative values at 0.
     """
     from ndgeo import formula as fm
     from ndgeo.checkpoint import load_model
 
-    if fmt not in fm.FORMATS:
-        raise NdgeoError(f"unknown --format {fmt!r}; choose one of {', '.join(fm.FORMATS)}")
+    if fmt not in fm.FORMATS + fm.GIS_FORMATS:
+        raise NdgeoError(f"unknown --format {fmt!r}; choose one of "
+                         f"{', '.join(fm.FORMATS + fm.GIS_FORMATS)}")
+    _check_formula_options(ctx, fmt)
+    net, meta = load_model(model)  # any model file; only ND models have indices to print
+    if fmt in fm.GIS_FORMATS:
+        _gis_formula(fmt, model, net, meta, image=image, output=output, overwrite=overwrite,
+                     band_names=band_names, sensor=sensor, nodata=nodata, scale=scale,
+                     offset=offset, layer=layer)
+        return
     machine = fmt in fm.MACHINE_FORMATS
-    calc_only = given(ctx, "image", "band_names", "sensor")
-    if calc_only and fmt != "gdal_calc":
-        raise NdgeoError(f"{', '.join(calc_only)} only apply to --format gdal_calc")
-    if given(ctx, "domain") and fmt != "asi":
-        raise NdgeoError("--domain only applies to --format asi")
     precision = (6 if machine else 3) if precision is None else precision
     threshold = (0.0 if machine else 0.05) if threshold is None else threshold
-    net, meta = load_model(model)  # any model file; only ND models have indices to print
     formulas = fm.model_formulas(net, meta, threshold=threshold, precision=precision)
     if fmt == "text":
         print_formulas(net, meta, threshold=threshold, precision=precision)
@@ -309,6 +319,118 @@ def formula(
                 f"error up to ~{worst:.2g} where bands are equal{where}; the defaults "
                 "(--threshold 0 --precision 6) export the model exactly", highlight=False)
     print(fm.render(formulas, fmt, **options))
+
+
+#: Options of ``ndgeo formula`` beyond --format and the formats that take them.
+_FORMULA_OPTIONS = {
+    "precision": ("text", "latex", "numexpr", "gdal_calc", "asi", "json"),
+    "threshold": ("text", "latex", "numexpr", "gdal_calc", "asi", "json"),
+    "domain": ("asi",),
+    "image": ("gdal_calc", "qgis", "vrt"),
+    "band_names": ("gdal_calc", "qgis", "vrt"),
+    "sensor": ("gdal_calc", "qgis", "vrt", "gee"),
+    "output": ("vrt",),
+    "overwrite": ("vrt",),
+    "nodata": ("vrt",),
+    "scale": ("qgis", "vrt", "gee"),
+    "offset": ("qgis", "vrt", "gee"),
+    "layer": ("qgis",),
+}
+
+
+def _check_formula_options(ctx: typer.Context, fmt: str) -> None:
+    for name, formats in _FORMULA_OPTIONS.items():
+        if given(ctx, name) and fmt not in formats:
+            flag = given(ctx, name)[0]
+            why = (" (it computes the model's own weights and eps, never an approximation)"
+                   if name in ("precision", "threshold") else "")
+            raise NdgeoError(f"{flag} does not apply to --format {fmt}{why}; it applies to "
+                             f"--format {', '.join(formats)}")
+
+
+def _gis_formula(fmt: str, model: Path, net, meta: dict, *, image: str | None,
+                 output: Path | None, overwrite: bool, band_names: str | None,
+                 sensor: str | None, nodata: float | None, scale: float | None,
+                 offset: float | None, layer: str | None) -> None:
+    """``--format vrt|gee|qgis``: the model's exact indices where GIS users compute them."""
+    from ndgeo import formula as fm
+
+    indices = fm.exact_indices(net, meta)
+    if fmt == "gee":
+        print(fm.to_gee(indices, meta, sensor=sensor, scale=scale, offset=offset))
+        return
+    if fmt == "qgis":
+        options = _image_bands(meta, image, band_names, sensor, scale=scale, offset=offset)
+        print(fm.to_qgis(indices, **options, layer=layer))
+        return
+    if image is None or output is None:
+        raise NdgeoError("--format vrt needs --image IMAGE (the raster the VRT reads) and "
+                         "-o OUT.vrt")
+    _write_vrt(model, net, meta, indices, image, output, overwrite=overwrite,
+               band_names=band_names, sensor=sensor, nodata=nodata, scale=scale, offset=offset)
+
+
+def _image_bands(meta: dict, image: str | None, band_names: str | None, sensor: str | None,
+                 *, scale: float | None = None, offset: float | None = None) -> dict:
+    """``band_numbers`` (model band -> 1-based band of ``image``), ``scaling`` (band ->
+    (scale, offset)), ``image`` and ``signed`` (pixel type) for ``to_qgis``; without ``image`` the model's
+    band order and ``--scale``/``--offset`` (default none)."""
+    names = [b["name"] for b in meta["bands"]]
+    if image is None:
+        return {"band_numbers": {n: i + 1 for i, n in enumerate(names)},
+                "scaling": {n: (1.0 if scale is None else scale,
+                                0.0 if offset is None else offset) for n in names},
+                "image": None, "signed": False}
+    import numpy as np
+
+    from ndgeo.checkpoint import match_model_bands
+    from ndgeo.io.raster import open_raster
+
+    info = open_raster(image, bands=parse_list(band_names), sensor=sensor, scale=scale,
+                       offset=offset)
+    positions = match_model_bands(meta, info)
+    return {"band_numbers": {n: p + 1 for n, p in zip(names, positions, strict=True)},
+            "scaling": {n: (info.scales[p], info.offsets[p])
+                        for n, p in zip(names, positions, strict=True)},
+            "image": image, "signed": np.dtype(info.dtype).kind != "u"}
+
+
+def _write_vrt(model: Path, net, meta: dict, indices: list, image: str, output: Path, *,
+               overwrite: bool, band_names: str | None, sensor: str | None,
+               nodata: float | None, scale: float | None, offset: float | None) -> None:
+    import rasterio
+
+    from ndgeo import formula as fm
+    from ndgeo.checkpoint import match_model_bands
+    from ndgeo.io.raster import is_remote, open_raster
+    from ndgeo.io.writer import atomic_path, check_output
+
+    check_output(output, overwrite=overwrite, inputs=[image, model])
+    info = open_raster(image, bands=parse_list(band_names), sensor=sensor, nodata=nodata,
+                       scale=scale, offset=offset)
+    positions = match_model_bands(meta, info)
+    names = [b["name"] for b in meta["bands"]]
+    source = fm.VRTSource(
+        path=info.path if is_remote(info.path) else os.path.abspath(info.path),
+        width=info.width, height=info.height, dtype=info.dtype,
+        crs_wkt=info.crs.to_wkt() if info.crs else None,
+        geotransform=tuple(info.transform.to_gdal()), nodata=info.nodata,
+        bands={n: p + 1 for n, p in zip(names, positions, strict=True)},
+        scaling={n: (info.scales[p], info.offsets[p]) for n, p in zip(names, positions,
+                                                                      strict=True)},
+        mask_band=positions[0] + 1 if info.has_mask else None)
+    descriptions = [fm.to_plain(f) for f in fm.model_formulas(net, meta)]
+    xml = fm.to_vrt(indices, source, descriptions=descriptions,
+                    metadata={"NDGEO_MODEL": os.path.basename(model)})
+    with atomic_path(output, overwrite=overwrite) as tmp:
+        tmp.write_text(xml, encoding="utf-8")
+        try:  # GDAL must read what was written before it is published
+            with rasterio.open(tmp) as check:
+                check.read(1, window=((0, 1), (0, 1)))
+        except rasterio.errors.RasterioError as exc:
+            raise NdgeoError(f"GDAL cannot read the VRT written for {image}: {exc}") from exc
+    console.print(f"wrote [bold]{output}[/] ({len(indices)} learned indices computed from "
+                  f"{image} by GDAL pixel functions)", highlight=False)
 
 
 def _gdal_calc_options(meta: dict, image: str | None, band_names: str | None,

@@ -1,5 +1,6 @@
 """Learned indices as formulas: build them (``learned``), match them to the spyndex catalogue
-(``catalogue``), render them (``render``) and evaluate band math safely (``expr``)."""
+(``catalogue``), render them (``render``; GDAL VRT: ``vrt``; Earth Engine and QGIS: ``gis``) and
+evaluate band math safely (``expr``)."""
 
 from ndgeo.formula.catalogue import (
     catalogue_constants,
@@ -9,7 +10,15 @@ from ndgeo.formula.catalogue import (
     same_bands_as,
 )
 from ndgeo.formula.expr import Expr, evaluate, expression_variables, parse_expression
-from ndgeo.formula.learned import IndexFormula, Term, formulas_from_coefficients, model_formulas
+from ndgeo.formula.gis import EE_COLLECTIONS, to_gee, to_qgis
+from ndgeo.formula.learned import (
+    ExactIndex,
+    IndexFormula,
+    Term,
+    exact_indices,
+    formulas_from_coefficients,
+    model_formulas,
+)
 from ndgeo.formula.render import (
     FORMATS,
     MACHINE_FORMATS,
@@ -24,9 +33,15 @@ from ndgeo.formula.render import (
     to_plain,
     to_text,
 )
+from ndgeo.formula.vrt import VRTSource, to_vrt
+
+#: Formats that compute the model's own indices where GIS users work (``ndgeo formula``).
+GIS_FORMATS = ("vrt", "gee", "qgis")
 
 __all__ = [
-    "FORMATS", "MACHINE_FORMATS", "ND_LAYER_REFERENCE", "Expr", "IndexFormula", "Term",
+    "EE_COLLECTIONS", "FORMATS", "GIS_FORMATS", "ExactIndex", "VRTSource", "exact_indices",
+    "to_gee", "to_qgis", "to_vrt", "MACHINE_FORMATS", "ND_LAYER_REFERENCE", "Expr",
+    "IndexFormula", "Term",
     "approximation", "catalogue_constants", "catalogue_expression", "catalogue_nd_vectors",
     "evaluate", "expression_variables", "formulas_from_coefficients", "model_formulas",
     "nearest_catalogue", "parse_expression", "render", "same_bands_as", "to_asi",

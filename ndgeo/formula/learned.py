@@ -146,3 +146,45 @@ def _formula(
     return formula
 
 
+
+
+# --------------------------------------------------------------------------------------------
+# The model's own indices, unrounded (what the VRT, Earth Engine and QGIS exports compute)
+
+
+@dataclass(frozen=True)
+class ExactIndex:
+    """A first-layer index exactly as the model computes it on physical band values ``x``
+    (negative values clipped to 0): ``(sum_i num_i x_i) / (sum_i den_i x_i + eps)``.
+
+    ``num = (alpha - beta) * band_scale`` and ``den = (alpha + beta) * band_scale`` per band
+    (model band order, float64 from the model's float32 coefficients), so nothing is rescaled,
+    pruned or rounded and the layer's ``eps`` stays where the model adds it.
+    """
+
+    name: str
+    bands: tuple[str, ...]
+    numerator: tuple[float, ...]
+    denominator: tuple[float, ...]
+    eps: float
+
+    def terms(self) -> list[tuple[str, float, float]]:
+        """``(band, num, den)`` of the bands the index uses (``den > 0``), in model order."""
+        return [(b, n, d) for b, n, d in zip(self.bands, self.numerator, self.denominator,
+                                             strict=True) if d > 0]
+
+
+def exact_indices(model: Any, meta: Mapping[str, Any]) -> list[ExactIndex]:
+    """The first-layer indices of an ND model with its own weights and ``eps``."""
+    layers = getattr(model, "nd_layers", None)
+    if layers is None or not callable(getattr(model, "index_coefficients", None)):
+        kind = meta.get("config", {}).get("kind")
+        raise NdgeoError(f"this model ({kind!r}) has no learned indices; only ND models do")
+    first = layers[0]
+    alpha, beta = first.coefficients()
+    scale = model.band_scale.double().cpu().numpy()
+    names = tuple(b["name"] for b in meta["bands"])
+    num, den = (alpha - beta) * scale, (alpha + beta) * scale
+    return [ExactIndex(f"ND{k + 1}", names, tuple(float(v) for v in num[k]),
+                       tuple(float(v) for v in den[k]), float(first.eps))
+            for k in range(num.shape[0])]
