@@ -63,6 +63,11 @@ class TrainConfig:
     prune_at: float = 0.5  # fraction of the budget after which the band budget is applied
     augment: bool = False  # per-band and per-pixel multiplicative jitter while training
     band_jitter: float = 0.05  # std of the per-band, per-pixel factor 1 + s * N(0, 1)
+    # weight of a per-band noise penalty (ND models; 0 = off): "indices" = the first-layer
+    # indices' noise-to-signal ratio in closed form (NDClassifier.band_noise_penalty), "loss" =
+    # the squared gradient of the loss with respect to the log band values (double backprop)
+    noise_penalty: float = 0.0
+    noise_penalty_on: str = "indices"
     illumination_jitter: float = 0.2  # std of the per-pixel log factor (exp(s * N(0, 1)))
     mlp_hidden: tuple[int, ...] = (64, 32)
     schedule: str = "cosine"  # "cosine" (fixed budget) or "plateau" (early stopping)
@@ -94,7 +99,8 @@ class TrainConfig:
                    "band_scale": ("median", "none"), "init": ("pairs", "jitter"),
                    "split": ("block", "random"), "device": ("auto", "cpu", "cuda"),
                    "head_norm": ("batchnorm", "affine", "none"), "head": tuple(HEADS),
-                   "schedule": ("cosine", "plateau")}
+                   "schedule": ("cosine", "plateau"),
+                   "noise_penalty_on": ("indices", "loss")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise NdgeoError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -118,6 +124,10 @@ class TrainConfig:
                                  "index has one band per side)")
         if not 0.0 < self.prune_at < 1.0:
             raise NdgeoError(f"prune_at must be between 0 and 1, got {self.prune_at}")
+        if not (math.isfinite(self.noise_penalty) and self.noise_penalty >= 0):
+            raise NdgeoError(f"--noise-penalty must be >= 0, got {self.noise_penalty}")
+        if self.noise_penalty and self.model != "nd":
+            raise NdgeoError("--noise-penalty is for ND models (--model nd)")
         for name in ("band_jitter", "illumination_jitter", "warmup"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise NdgeoError(f"{name} must be in [0, 1), got {getattr(self, name)}")

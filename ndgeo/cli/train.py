@@ -72,7 +72,8 @@ def warn(text: str) -> None:
 
 
 #: ``train`` options that only shape ND models.
-_ND_OPTIONS = ("indices", "depth", "pairwise", "head_norm", "head", "head_hidden", "max_bands")
+_ND_OPTIONS = ("indices", "depth", "pairwise", "head_norm", "head", "head_hidden", "max_bands",
+               "noise_penalty", "noise_penalty_on")
 
 
 def _check_train_options(ctx: typer.Context, *, model: str, split: str, schedule: str = "cosine",
@@ -134,6 +135,8 @@ def train(
     budget_table: bool = typer.Option(True, "--budget-table/--no-budget-table", help="With --max-bands: also train budgets 1, 2, 3 and all on the same split and print their accuracy."),
     mlp_hidden: str = typer.Option("64,32", "--mlp-hidden", help="Hidden widths of the MLP baseline (--model mlp, --compare), comma-separated."),
     augment: bool = typer.Option(False, "--augment", help="Train with per-band multiplicative jitter (x(1 + 0.05 N(0,1)) per band and pixel) and per-pixel illumination jitter (x exp(0.2 N(0,1)))."),
+    noise_penalty: float = typer.Option(_DEFAULTS.noise_penalty, "--noise-penalty", help="Weight of a per-band noise penalty in the training loss (0 = off; see --noise-penalty-on). A training loss only: the model and its illumination invariance are unchanged."),
+    noise_penalty_on: str = typer.Option(_DEFAULTS.noise_penalty_on, "--noise-penalty-on", help="indices: each learned index's first-order variance under relative per-band noise over its spread across pixels (closed form); loss: the squared gradient of the loss with respect to the log band values (double backprop, ~2x slower)."),
     schedule: str = typer.Option(_DEFAULTS.schedule, "--schedule", help="cosine: a fixed budget with warm-up and cosine decay, then a refit on all labelled pixels (default); plateau: early stopping on the validation split."),
     refit: bool = typer.Option(_DEFAULTS.refit, "--refit/--no-refit", help="cosine schedule: after validating, train again on all labelled pixels and save that model."),
     compare: bool = typer.Option(False, "--compare", help="Also train the MLP baseline on the same split and print both."),
@@ -160,6 +163,8 @@ def train(
                          compare=compare)
     if report is not None and no_report:
         raise NdgeoError("--report and --no-report contradict each other; give one")
+    if not noise_penalty and given(ctx, "noise_penalty_on"):
+        raise NdgeoError("--noise-penalty-on chooses the penalty of --noise-penalty W (W > 0)")
     hidden = parse_list(head_hidden)
     mlp_widths = parse_list(mlp_hidden) or []
     for name, values in (("--head-hidden", hidden or []), ("--mlp-hidden", mlp_widths)):
@@ -168,7 +173,8 @@ def train(
     config = TrainConfig(model=model, n_indices=indices, depth=depth, pairwise=pairwise,
                          head_norm=head_norm, head=head,
                          head_hidden=None if hidden is None else tuple(int(h) for h in hidden),
-                         max_bands=max_bands, augment=augment,
+                         max_bands=max_bands, augment=augment, noise_penalty=noise_penalty,
+                         noise_penalty_on=noise_penalty_on,
                          mlp_hidden=tuple(int(h) for h in mlp_widths), schedule=schedule, refit=refit,
                          epochs=epochs, patience=patience, batch_size=batch_size, split=split,
                          block_size=block_size, val_fraction=val_fraction, device=device,

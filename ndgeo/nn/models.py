@@ -167,6 +167,19 @@ class NDClassifier(nn.Module):
         """Apply the band budget (default ``self.max_bands``) to the first layer."""
         self.nd_layers[0].prune(max_bands or self.max_bands)
 
+    def band_noise_penalty(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean over first-layer indices of ``E[s_k] / (Var(y_k) + 1e-5)`` on the pixels ``x``.
+
+        ``s_k`` (:meth:`NDLayer.band_noise_sensitivity`) is the first-order variance of index k
+        under relative per-band noise per unit ``sigma^2``; divided by the index's spread over
+        the pixels it is the noise variance of the standardised index the head sees (what
+        BatchNorm divides by), i.e. 1 / its signal-to-noise ratio. Nearly cancelling numerator
+        and denominator weights give a small spread and a large value. A training loss only:
+        the model, and its invariance to a common factor, are unchanged.
+        """
+        y, s = self.nd_layers[0].band_noise_sensitivity(x * self.band_scale)
+        return (s.mean(0) / (y.var(0, unbiased=False) + 1e-5)).mean()
+
     def n_parameters(self) -> int:
         """Trainable parameters actually used (pairwise masks count 2 per index)."""
         nd = sum(layer.n_parameters() for layer in self.nd_layers)

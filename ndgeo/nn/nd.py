@@ -301,6 +301,35 @@ class NDLayer(nn.Module):
             keep.scatter_(1, coef.topk(k, dim=1).indices, 1.0)
             mask.mul_(keep)
 
+    def band_noise_sensitivity(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(y, s)``, both (N, K): the indices and ``s_k = ||d y_k / d log x||^2`` per pixel.
+
+        ``s`` is the variance of ``y_k`` under small independent relative per-band noise
+        ``x_i (1 + sigma n_i)`` per unit ``sigma^2`` (first order). In closed form, with
+        ``A = a.x``, ``B = b.x``, ``D = A + B + eps``, ``P = 2B + eps``, ``Q = 2A + eps``:
+        ``d y / d log x_i = x_i (a_i P - b_i Q) / D^2``, so
+        ``s = (P^2 x^2.a^2 - 2PQ x^2.(ab) + Q^2 x^2.b^2) / D^4`` (three GEMMs; differentiable).
+        Like ``y``, ``s`` is unchanged by a common factor on ``x`` (up to ``eps``). Unsigned
+        layers only (the first layer, on raw bands).
+        """
+        if self.signed:
+            raise ValueError("band_noise_sensitivity is defined for unsigned (first) layers")
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(
+                f"NDLayer expects (N, {self.in_features}) input, got {tuple(x.shape)}"
+            )
+        if self.clamp_negative:
+            x = x.clamp_min(0)
+        alpha, beta = _coefficients(self.raw_pos, self.raw_neg, self.mask_pos, self.mask_neg)
+        a, b = x @ alpha.T, x @ beta.T
+        den = a + b + self.eps
+        y = (a - b) / den
+        p, q = 2 * b + self.eps, 2 * a + self.eps
+        x2 = x * x
+        s = (p * p * (x2 @ (alpha * alpha).T) - 2 * p * q * (x2 @ (alpha * beta).T)
+             + q * q * (x2 @ (beta * beta).T)) / den.pow(4)
+        return y, s.clamp_min(0)
+
     def n_parameters(self) -> int:
         """Trainable parameters actually used: 2 per index (pairwise), the unmasked weights
         (band budget) or 2 per index and input."""

@@ -32,6 +32,7 @@ from ndgeo.errors import NdgeoError
 from ndgeo.io.labels import TrainingPixels, default_class_info
 from ndgeo.io.writer import check_output
 from ndgeo.nn import MLP, NDClassifier
+from ndgeo.nn.nd import CLOSED_FORM_DEFAULT
 from ndgeo.training.metrics import (
     classification_report,
     index_permutation_importance,
@@ -277,6 +278,9 @@ def _fit(pixels, train_idx, val_idx, config, device, say, progress, epoch_offset
     except KeyboardInterrupt as exc:  # Ctrl-C: `ndgeo train` keeps the model so far
         exc.partial = (model.eval(), config, pixels, val_idx is None)
         raise
+    finally:
+        for layer in getattr(model, "nd_layers", ()):  # the "loss" penalty trains on autograd
+            layer.closed_form = CLOSED_FORM_DEFAULT
     model.eval()
     return _Fit(model, history, best_epoch, time.perf_counter() - start, init_pairs)
 
@@ -291,6 +295,23 @@ def _augment(xb: torch.Tensor, config: TrainConfig, gen: torch.Generator) -> tor
         noise = torch.randn((xb.shape[0], 1), generator=gen).to(xb.device)
         xb = xb * torch.exp(config.illumination_jitter * noise)
     return xb
+
+
+def _loss(model, xb, yb, loss_fn, config: TrainConfig) -> torch.Tensor:
+    """The training loss of one batch, with the per-band noise penalty when configured."""
+    weight = config.noise_penalty if isinstance(model, NDClassifier) else 0.0
+    if not weight:
+        return loss_fn(model(xb), yb)
+    if config.noise_penalty_on == "indices":
+        return loss_fn(model(xb), yb) + weight * model.band_noise_penalty(xb)
+    # "loss": E_n ||x_n * d loss_n / d x_n||^2 (first-order loss change under relative
+    # per-band noise); autograd ND forward, since the closed-form backward is not differentiable
+    for layer in model.nd_layers:
+        layer.closed_form = False
+    xb = xb.detach().requires_grad_(True)
+    loss = loss_fn(model(xb), yb)
+    (grad,) = torch.autograd.grad(loss, xb, create_graph=True)
+    return loss + weight * ((xb * grad * len(xb)) ** 2).sum(1).mean()
 
 
 def _cosine(model, X_tr, y_tr, X_va, y_va, config, loss_fn, gen, device, report, say):
@@ -324,7 +345,7 @@ def _cosine(model, X_tr, y_tr, X_va, y_va, config, loss_fn, gen, device, report,
         if config.augment:
             xb = _augment(xb, config, gen)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(xb), yb)
+        loss = _loss(model, xb, yb, loss_fn, config)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
@@ -375,7 +396,7 @@ def _plateau(model, X_tr, y_tr, X_va, y_va, config, loss_fn, gen, device, report
             if config.augment:
                 xb = _augment(xb, config, gen)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
+            loss = _loss(model, xb, yb, loss_fn, config)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
