@@ -58,7 +58,7 @@ def apply_cmd(
     model: Path = opt.MODEL,
     image: str = opt.IMAGE,
     out: Path = typer.Option(..., *opt.OUTPUT, help="Output GeoTIFF."),
-    products: list[str] = typer.Option(["class"], "--products", "-p", help="What to write: class, proba, indices (repeatable or comma-separated; several are stacked as float32 bands)."),
+    products: list[str] = typer.Option(["class"], "--products", "-p", help="What to write: class, proba, indices, entropy, margin, contributions (linear heads: each index's term of the winning logit) (repeatable or comma-separated; several are stacked as float32 bands)."),
     quantize: bool = typer.Option(False, "--quantize", help="Write probabilities as uint8 (value/250) instead of float32 (proba output only)."),
     denoise: Path | None = typer.Option(None, "--denoise", help="Denoiser file (`ndgeo denoise train`) applied before the model, in the same pass."),
     backbone: str | None = opt.USER_BACKBONE,

@@ -6,6 +6,7 @@ The processor is a small picklable object: the model file is loaded once per pro
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,8 +26,9 @@ from ndgeo.nn.inference import argmax_rows, band_major, run_batched
 
 #: Products of ``apply --products``: class values, class probabilities, the learned indices,
 #: and per-pixel uncertainty: ``entropy`` of the probabilities (nats, 0..log C) and ``margin``
-#: (top-1 minus top-2 probability, 0..1; OTB's confidence map).
-OUTPUTS = ("class", "proba", "indices", "entropy", "margin")
+#: (top-1 minus top-2 probability, 0..1; OTB's confidence map); ``contributions``: for linear
+#: heads, each learned index's term (weight x index) of the winning class logit.
+OUTPUTS = ("class", "proba", "indices", "entropy", "margin", "contributions")
 
 
 @dataclass
@@ -78,6 +80,8 @@ class ModelProcessor(Processor):
         kind = self.meta.get("config", {}).get("kind")
         if "indices" in outputs and kind != "nd":
             raise NdgeoError(f"--products indices needs an ND model; this model is {kind!r}")
+        if "contributions" in outputs:
+            _check_linear_head(self.meta)
         classes = self.meta.get("classes", [])
         self.class_names = [c["name"] for c in classes]
         n_classes = len(classes)
@@ -85,7 +89,7 @@ class ModelProcessor(Processor):
         if self.meta["config"].get("pairs"):
             n_indices = len(self.meta["config"]["pairs"])
         counts = {"class": 1, "proba": n_classes, "indices": n_indices, "entropy": 1,
-                  "margin": 1}
+                  "margin": 1, "contributions": n_indices}
         self.out_count = sum(counts[o] for o in outputs)
         descriptions: list[str] = []
         for o in outputs:
@@ -95,6 +99,9 @@ class ModelProcessor(Processor):
                 descriptions += [f"proba_{name}" for name in self.class_names]
             elif o in ("entropy", "margin"):
                 descriptions.append(o)
+            elif o == "contributions":
+                descriptions += [f"contribution_{d}" for d in list(self.index_descriptions)
+                                 or [f"ND{k + 1}" for k in range(n_indices)]]
             else:
                 descriptions += list(self.index_descriptions) or [
                     f"ND{k + 1}" for k in range(n_indices)
@@ -104,6 +111,10 @@ class ModelProcessor(Processor):
         self.class_values = np.array([c.value for c in infos], dtype=np.int64)
         self.tags = {"NDGEO_MODEL": os.path.basename(self.model_path),
                      "NDGEO_OUTPUTS": ",".join(outputs), **classes_tag(infos)}
+        if "contributions" in outputs:  # the rest of each logit: contributions + bias = logit
+            bias = _linear_head(self.model_path)[1]
+            self.tags["NDGEO_CONTRIBUTION_BIAS"] = json.dumps(
+                {name: float(b) for name, b in zip(self.class_names, bias, strict=True)})
         self.classes = None
         if outputs == ["class"]:
             self.out_dtype = "uint8" if self.class_values.max() <= 255 else "uint16"
@@ -213,7 +224,7 @@ class ModelProcessor(Processor):
         logits = run(model) if set(outputs) - {"indices"} else None
         proba = (torch.softmax(torch.from_numpy(logits), dim=0).numpy()
                  if set(outputs) & {"proba", "entropy", "margin"} else None)
-        indices = run(model.indices) if "indices" in outputs else None
+        indices = run(model.indices) if set(outputs) & {"indices", "contributions"} else None
         band = 0
         for o in outputs:
             if o == "class":
@@ -235,6 +246,12 @@ class ModelProcessor(Processor):
                 for c in range(len(values)):
                     put(out[band + c], values[c])
                 band += len(values)
+            elif o == "contributions":
+                weight = _linear_head(self.model_path)[0]
+                terms = weight[np.argmax(logits, axis=0)].T * indices  # winner: first on ties
+                for k in range(len(terms)):
+                    put(out[band + k], terms[k])
+                band += len(terms)
             else:
                 for k in range(len(indices)):
                     put(out[band + k], indices[k])
@@ -291,3 +308,33 @@ def model_processor(
         scaling=physical_scaling(image.scales, image.offsets, positions),
     )
     return processor, positions
+
+
+def _check_linear_head(meta: dict) -> None:
+    """Refuse ``--products contributions`` for a model whose logits are not a weighted sum of
+    its first-layer indices."""
+    config = meta.get("config", {})
+    if config.get("kind") != "nd":
+        raise NdgeoError(f"--products contributions needs an ND model with a linear head; "
+                         f"this model is {config.get('kind')!r}")
+    if config.get("head_hidden") or config.get("depth", 1) > 1:
+        what = (f"an MLP head (hidden widths {config['head_hidden']})" if config.get(
+            "head_hidden") else f"{config['depth']} ND layers")
+        raise NdgeoError(
+            f"--products contributions needs a linear head on the first-layer indices; this "
+            f"model has {what}, so its logits are not a sum of per-index terms and no "
+            "per-index contribution adds up to them (train with --head linear --depth 1)")
+
+
+def _linear_head(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Effective head weights (n_classes, K) and bias (n_classes,) of a linear-head ND model,
+    float32, with its normalisation folded in exactly as the band-major inference runs it."""
+    return cached_load(path, _load_linear_head, key="linear-head")
+
+
+def _load_linear_head(path: str) -> tuple[np.ndarray, np.ndarray]:
+    from ndgeo.nn.inference import band_major
+
+    model = band_major(load_classifier(path)[0])
+    return (model.head_weights[0].detach().numpy().copy(),
+            model.head_biases[0].detach().numpy()[:, 0].copy())
