@@ -4,6 +4,12 @@ Claims checked (notes nd-layer.md sections 1, 7, 8): accuracy similar to an MLP 
 of its parameters; a smaller accuracy drop under 10% multiplicative test-time noise; first-layer
 coefficient patterns consistent across depths 1/2/3.
 
+These datasets are small or synthetic: every model scores ~100% on three of them, so they cannot
+show an accuracy gap (the claims table says "not informative" there). Whether ND holds its own
+against a strong MLP sweep and a RandomForest is measured on real scenes by
+``benchmarks/real_scenes.py`` (Indian Pines random and spatially disjoint splits, a 6-band
+Landsat-TM-like version; benchmarks/results/real_scenes.md); quote that, not this, for accuracy.
+
 Datasets (validation metrics; same split for every model of a seed):
 
 - ``sample``: sample_data/scene.tif + labels.gpkg (reflectance x 10000), blocked split;
@@ -60,6 +66,7 @@ SPYNDEX_BANDS = [f"SR_B{i}" for i in range(1, 8)]
 #: Landsat Collection 2 Level-2 surface reflectance: reflectance = DN * 2.75e-5 - 0.2.
 L2_GAIN, L2_OFFSET = 2.75e-5, -0.2
 NOISE_LEVELS = (0.0, 0.1, 0.2)
+_DEFAULT = TrainConfig()
 DATASETS = {
     "sample": "sample scene (S2-like, reflectance x 1e4), blocked split",
     "spyndex-sr": "spyndex 'spectral' Landsat-8 SR (120 px), random split",
@@ -169,7 +176,8 @@ def run_job(spec: dict) -> dict:
     split_mode = "random" if spec["dataset"].startswith("spyndex") else "block"
     if overrides.get("mlp_hidden") == "budget":
         n_bands, n_classes = pixels.X.shape[1], len(pixels.classes)
-        budget = 4 * NDClassifier(n_bands, n_classes, n_indices=8).n_parameters()
+        budget = 4 * NDClassifier(n_bands, n_classes, n_indices=_DEFAULT.n_indices,
+                                  head_hidden=_DEFAULT.head_hidden).n_parameters()
         overrides["mlp_hidden"] = mlp_hidden_for_budget(n_bands, n_classes, budget)
     config = TrainConfig(split=split_mode, seed=spec["seed"], **overrides)
     split = split_pixels(pixels, config.split, config.val_fraction, config.block_size,
@@ -305,7 +313,8 @@ def report(results: list[dict], quick: bool, meta: dict) -> str:
         "x·(1 + σ·N(0,1)), per band and pixel (`band`) or one factor per pixel (`global`), "
         "10 draws per seed; for the `-dn` datasets the noise multiplies the reflectance, "
         "which is then re-encoded as DN (an illumination change scales reflectance, not the "
-        "offset DN). ND = `TrainConfig()` defaults (8 indices); MLP (64, 32) = the "
+        f"offset DN). ND = `TrainConfig()` defaults ({_DEFAULT.n_indices} indices, "
+        f"{_DEFAULT.head} head {_DEFAULT.head_hidden or ''}); MLP (64, 32) = the "
         "default baseline (z-scored inputs); MLP 4x ND = an MLP sized to 4x the ND d1 "
         "parameters (the paper's '75% fewer parameters').",
         "",
