@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import re
+import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ from ndgeo.cli import app
 from ndgeo.nn import NDClassifier
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _ok(*args: str) -> str:
@@ -192,6 +195,7 @@ def _ee_band(name: str) -> str:
 
 def test_gee_expressions_equal_apply(nd_model, sample_scene, tmp_path):
     text = _ok("formula", str(nd_model.path), "--format", "gee")  # sensor from B02 ... B8A
+    assert "warning: the model was trained on digital numbers" in text  # DN x 0.0001 here
     js, py, js_map, py_map = _ee_parts(text)
     assert js == py and len(js) == 4 and js_map == py_map
     assert "ee.ImageCollection('COPERNICUS/S2_SR_HARMONIZED')" in text
@@ -294,3 +298,45 @@ def test_qgis_folds_scale_and_clips_with_offset(nd_model, sample_scene, tmp_path
     for k, expression in enumerate(expressions):
         values = qgis_evaluate(expression, {"L8 scene": raw.astype(np.float64)})
         np.testing.assert_allclose(values[valid], expected[k][valid], rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# The README's examples, as printed
+
+
+def _readme_block(marker: str) -> list[tuple[str, list[str]]]:
+    """(command, expected output lines) of the first ``text`` block after ``marker``."""
+    text = (REPO / "README.md").read_text()
+    block = text[text.index(marker):].split("```text\n", 1)[1].split("```", 1)[0]
+    session: list[tuple[str, list[str]]] = []
+    for line in block.splitlines():
+        if line.startswith("$ "):
+            session.append((line[2:], []))
+        else:
+            session[-1][1].append(line)
+    return session
+
+
+def test_readme_gis_formats_example_is_reproducible_as_printed(tmp_path, monkeypatch):
+    (tmp_path / "sample_data").symlink_to(REPO / "sample_data")
+    monkeypatch.chdir(tmp_path)
+    train = _readme_block("### `ndgeo formula MODEL")[0][0]
+    session = _readme_block("**Where GIS users compute them")
+    assert [shlex.split(c)[4] for c, _ in session] == ["vrt", "qgis", "gee"]
+    for command, expected in [(train, None), *session]:
+        result = runner.invoke(app, shlex.split(command)[1:])
+        assert result.exit_code == 0, (command, result.output)
+        if expected is None:
+            continue
+        got = result.stdout.splitlines()
+        # The trained weights may move in their last digits on another CPU; nothing else may.
+        number = re.compile(r"-?\d+\.\d+(?:e-?\d+)?")
+        assert [number.sub("#", ln) for ln in got] == [number.sub("#", ln) for ln in expected]
+        for a, b in zip(number.findall("\n".join(got)), number.findall("\n".join(expected)),
+                        strict=True):
+            assert float(a) == pytest.approx(float(b), rel=1e-6), (a, b)
+    values, _, _ = _read_vrt(tmp_path / "two.vrt")
+    expected, _ = _apply_indices("two.safetensors", "sample_data/scene.tif", tmp_path / "i.tif")
+    valid = np.isfinite(expected)
+    np.testing.assert_array_equal(~values.mask, valid)
+    np.testing.assert_allclose(values.data[valid], expected[valid], rtol=0, atol=1e-6)

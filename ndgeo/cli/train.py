@@ -363,7 +363,12 @@ def _gis_formula(fmt: str, model: Path, net, meta: dict, *, image: str | None,
 
     indices = fm.exact_indices(net, meta)
     if fmt == "gee":
-        print(fm.to_gee(indices, meta, sensor=sensor, scale=scale, offset=offset))
+        text = fm.to_gee(indices, meta, sensor=sensor, scale=scale, offset=offset)
+        note = fm.units_warning(net, scale if scale is not None else
+                                fm.ee_collection(sensor, meta)[1].scale)
+        if note:
+            warn(note)
+        print(text)
         return
     if fmt == "qgis":
         options = _image_bands(meta, image, band_names, sensor, scale=scale, offset=offset)
@@ -435,7 +440,8 @@ def _write_vrt(model: Path, net, meta: dict, indices: list, image: str, output: 
                 check.read(1, window=((0, 1), (0, 1)))
         except rasterio.errors.RasterioError as exc:
             raise NdgeoError(f"GDAL cannot read the VRT written for {image}: {exc}") from exc
-    console.print(f"wrote [bold]{output}[/] ({len(indices)} learned indices computed from "
+    console.print(f"wrote [bold]{output}[/] ({len(indices)} learned "
+                  f"ind{'ex' if len(indices) == 1 else 'ices'} computed from "
                   f"{image} by GDAL pixel functions)", highlight=False)
 
 

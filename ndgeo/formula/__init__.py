@@ -10,7 +10,14 @@ from ndgeo.formula.catalogue import (
     same_bands_as,
 )
 from ndgeo.formula.expr import Expr, evaluate, expression_variables, parse_expression
-from ndgeo.formula.gis import EE_COLLECTIONS, to_gee, to_qgis
+from ndgeo.formula.gis import (
+    EE_COLLECTIONS,
+    ee_collection,
+    gee_expressions,
+    to_gee,
+    to_qgis,
+    units_warning,
+)
 from ndgeo.formula.learned import (
     ExactIndex,
     IndexFormula,
@@ -39,11 +46,11 @@ from ndgeo.formula.vrt import VRTSource, to_vrt
 GIS_FORMATS = ("vrt", "gee", "qgis")
 
 __all__ = [
-    "EE_COLLECTIONS", "FORMATS", "GIS_FORMATS", "ExactIndex", "VRTSource", "exact_indices",
-    "to_gee", "to_qgis", "to_vrt", "MACHINE_FORMATS", "ND_LAYER_REFERENCE", "Expr",
-    "IndexFormula", "Term",
-    "approximation", "catalogue_constants", "catalogue_expression", "catalogue_nd_vectors",
-    "evaluate", "expression_variables", "formulas_from_coefficients", "model_formulas",
-    "nearest_catalogue", "parse_expression", "render", "same_bands_as", "to_asi",
-    "to_gdal_calc", "to_json", "to_latex", "to_numexpr", "to_plain", "to_text",
+    "EE_COLLECTIONS", "ExactIndex", "Expr", "FORMATS", "GIS_FORMATS", "IndexFormula",
+    "MACHINE_FORMATS", "ND_LAYER_REFERENCE", "Term", "VRTSource", "approximation",
+    "catalogue_constants", "catalogue_expression", "catalogue_nd_vectors", "ee_collection",
+    "evaluate", "exact_indices", "expression_variables", "formulas_from_coefficients",
+    "gee_expressions", "model_formulas", "nearest_catalogue", "parse_expression", "render",
+    "same_bands_as", "to_asi", "to_gdal_calc", "to_gee", "to_json", "to_latex", "to_numexpr",
+    "to_plain", "to_qgis", "to_text", "to_vrt", "units_warning",
 ]

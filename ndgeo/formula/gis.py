@@ -54,6 +54,32 @@ def _number(value: float) -> str:
     return np.format_float_positional(float(value), unique=True, trim="-")
 
 
+def _product(coef: float, term: str) -> str:
+    text = _number(coef)
+    return term if text == "1" else f"{text} * {term}"
+
+
+def units_warning(model, scale: float) -> str | None:
+    """A warning when ``DN x scale`` looks like other units than the model was trained in.
+
+    The training bands' medians are ``1 / band_scale`` (``ndgeo train`` fits them): above 2
+    they were digital numbers, at most 2 reflectance. ND indices ignore a common scale, but not
+    the layer's eps, so feeding reflectance to a model trained on digital numbers (or the
+    reverse) moves every index by about eps / denominator.
+    """
+    medians = 1.0 / model.band_scale.double().cpu().numpy()
+    if np.allclose(medians, 1.0):
+        return None  # no fitted scale: the training units are unknown
+    trained_dn = float(np.median(medians)) > 2
+    if trained_dn == (scale == 1):
+        return None
+    units = "digital numbers" if trained_dn else "reflectance"
+    fix = "--scale 1 --offset 0" if trained_dn else "--scale and --offset to reflectance"
+    return (f"the model was trained on {units} (band medians ~{np.median(medians):.3g}) but "
+            f"the expression feeds it DN x {_number(scale)}: its eps then weighs differently; "
+            f"give {fix} to reproduce it exactly")
+
+
 def _expression(index: ExactIndex, variables: Mapping[str, str],
                 scaling: Mapping[str, tuple[float, float]], clip: Mapping[str, bool],
                 clip_form: str) -> str:
@@ -80,7 +106,7 @@ def _expression(index: ExactIndex, variables: Mapping[str, str],
     top = max(c for c, _ in sides[1])
     texts = []
     for side, terms in enumerate(sides):
-        parts = [("-" if c < 0 else "+", f"{_number(abs(c) / top)} * {t}") for c, t in terms]
+        parts = [("-" if c < 0 else "+", _product(abs(c) / top, t)) for c, t in terms]
         if constants[side] != 0 or not parts:
             parts.append(("-" if constants[side] < 0 else "+",
                           _number(abs(constants[side]) / top)))
