@@ -10,6 +10,8 @@ reproduce :class:`ndgeo.formula.learned.ExactIndex` with no Python.
 ndgeo's pixel policy (:mod:`ndgeo.io.raster`) becomes a per-dataset mask band, also applied to
 the values as NaN: a pixel is valid when every model band is finite and not nodata, some band is
 above 0 in physical units (the all-zero rule) and the file's own mask (if any) keeps it.
+GDAL evaluates that mask again for every index band (derived bands are not cached), about half
+of a band's cost.
 Negative physical values are clipped to 0 as the model does, as ``0.5 x + 0.5 |x|`` (exact),
 where the pixel type or an offset allows them.
 """
@@ -54,11 +56,13 @@ def _num(value: float) -> str:
 
 
 def _source(filename: str, band: int | str, ratio: float | None = None,
-            offset: float = 0.0) -> str:
+            offset: float = 0.0, nodata: float | None = None) -> str:
+    """A ComplexSource; pixels equal to ``nodata`` take the reading band's NoDataValue."""
     scaling = ("" if ratio is None else
                f"<ScaleOffset>{_num(offset)}</ScaleOffset><ScaleRatio>{_num(ratio)}</ScaleRatio>")
+    nodata_xml = "" if nodata is None else f"<NODATA>{_num(nodata)}</NODATA>"
     return (f"<ComplexSource><SourceFilename>{escape(filename)}</SourceFilename>"
-            f"<SourceBand>{band}</SourceBand>{scaling}</ComplexSource>")
+            f"<SourceBand>{band}</SourceBand>{scaling}{nodata_xml}</ComplexSource>")
 
 
 def _band(function: str, sources: Sequence[str], *, dtype: str = "Float64", number: int = 1,
@@ -89,8 +93,9 @@ class _Builder:
     def nested(self, band_xml: str, ratio: float | None = None, offset: float = 0.0) -> str:
         return _source(self.dataset(band_xml), 1, ratio, offset)
 
-    def raw(self, name: str, ratio: float | None = None, offset: float = 0.0) -> str:
-        return _source(self.src.path, self.src.bands[name], ratio, offset)
+    def raw(self, name: str, ratio: float | None = None, offset: float = 0.0,
+            nodata: float | None = None) -> str:
+        return _source(self.src.path, self.src.bands[name], ratio, offset, nodata)
 
     def scaling(self, name: str) -> tuple[float, float]:
         return self.src.scaling.get(name, (1.0, 0.0))
@@ -115,11 +120,12 @@ class _Builder:
         """Byte band: 255 where ndgeo's pixel policy keeps the pixel, else 0 (``number`` 0:
         without a band number, as a ``<MaskBand>``)."""
         nodata = self.src.nodata
-        replace = nodata is not None and not math.isnan(nodata)
-        finite = [self.nested(_band("replace_nodata", [self.raw(n)], nodata=_num(nodata)))
-                  if replace else self.raw(n) for n in self.names]
-        total = _band("sum", finite)  # NaN where a band is nodata or not finite
-        invalid_nan = _band("diff", [self.nested(total), self.nested(total)])  # 0 or NaN
+        if nodata is not None and math.isnan(nodata):
+            nodata = None  # NaN propagates by itself
+        # sum_i (x_i - x_i): 0 where every band is finite, NaN where one is nodata (the
+        # sources' NODATA become the band's NaN), NaN or infinite.
+        pairs = [self.raw(n, sign, 0.0, nodata) for n in self.names for sign in (1.0, -1.0)]
+        invalid_nan = _band("sum", pairs, nodata="nan")
         # max_i (raw_i + offset_i / scale_i) > 0  <=>  some band > 0 in physical units,
         # compared exactly as ndgeo.io.raster.any_positive does (raw > -offset / scale).
         shifted = [self.raw(n, 1.0, self.scaling(n)[1] / self.scaling(n)[0])
