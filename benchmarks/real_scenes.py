@@ -34,10 +34,10 @@ Metrics on the test pixels: overall accuracy (OA) and macro-F1 from ``ndgeo eval
 (mean ± std over seeds), trainable parameters, training seconds (the model file's
 ``train_seconds``: validation fit plus refit for the cosine recipe), and the accuracy drop in
 points under x0.7 illumination, 10% global multiplicative noise (one factor per pixel), 10%
-per-band multiplicative noise (one factor per band and pixel; clipped at 0) and an additive haze
-of 3% of each band's median over the test pixels. Noise drops average 5 draws; every model of a
-dataset and seed sees the same draws. Perturbed predictions are computed in-process
-(``ndgeo.checkpoint.load_model`` + ``ndgeo.training.metrics.predict_logits``).
+per-band multiplicative noise (one factor per band and pixel; clipped at 0), the same at 2%, and
+an additive haze of 3% of each band's median over the test pixels. Noise drops average 5
+draws; every model of a dataset and seed sees the same draws. Perturbed predictions are
+computed in-process (``ndgeo.checkpoint.load_model`` + ``ndgeo.training.metrics.predict_logits``).
 
 Goal (issue 10), per real dataset: the default ND model within 1 point of the best MLP of the
 sweep, with at most half of that MLP's parameters; illumination drop exactly 0; per-band 10%
@@ -116,6 +116,10 @@ VARIANTS = {
     "ND --max-bands 3": ("nd", ["--max-bands", "3", "--no-budget-table"]),
     "ND --augment": ("nd", ["--augment"]),
     "ND old defaults": ("nd", ["--schedule", "plateau", "--head", "linear", "--indices", "8"]),
+    "ND --noise-penalty 0.001": ("nd", ["--noise-penalty", "0.001"]),
+    "ND --noise-penalty 0.01": ("nd", ["--noise-penalty", "0.01"]),
+    "ND --noise-penalty-on loss 1e-5": ("nd", ["--noise-penalty", "1e-5",
+                                               "--noise-penalty-on", "loss"]),
     "MLP 16": ("mlp", ["--model", "mlp", "--mlp-hidden", "16"]),
     "MLP 32": ("mlp", ["--model", "mlp", "--mlp-hidden", "32"]),
     "MLP 64-32": ("mlp", ["--model", "mlp", "--mlp-hidden", "64,32"]),
@@ -124,7 +128,7 @@ VARIANTS = {
 }
 #: Variants run on ``--ablation-seeds`` seeds only (each ND fit on Indian Pines takes ~70 s).
 ABLATIONS = ("ND --head linear", "ND --max-bands 1", "ND --max-bands 2", "ND --max-bands 3",
-             "ND --augment")
+             "ND --augment", "ND --noise-penalty-on loss 1e-5")
 QUICK_VARIANTS = ["ND default", "ND --max-bands 2", "ND old defaults", "MLP 64-32",
                   "MLP 128-64", "RandomForest 200"]
 PERTURBATIONS = ("illum", "global", "band", "band2", "haze")
@@ -516,6 +520,9 @@ def goal_check(agg: dict, dataset: str) -> list[str]:
         f"(goal exactly 0): {flag(ill_ok)}",
         f"  per-band 10% noise drop: ND {nd['band']:.1f} vs MLP {best['band']:.1f} points "
         f"(goal no worse): {flag(band_ok)}",
+        f"  (not in the goal) per-band 2% noise drop: ND {nd['band2']:.1f} vs MLP "
+        f"{best['band2']:.1f} points; accuracy left under 10%: ND {nd['oa'] - nd['band']:.1f} "
+        f"vs MLP {best['oa'] - best['band']:.1f} %",
     ]
     before = agg.get((dataset, "ND old defaults"))
     if before is not None:
@@ -524,6 +531,40 @@ def goal_check(agg: dict, dataset: str) -> list[str]:
                      "points), parameters "
                      f"{before['params']} -> {nd['params']}")
     return lines
+
+
+def candidates(agg: dict, datasets) -> list[str]:
+    """Per-band noise candidates (issue 10.4) against the default, seed-paired."""
+    names = [v for v in VARIANTS if "noise-penalty" in v]
+    out = []
+    for d in datasets:
+        base = agg.get((d, "ND default"))
+        if base is None:
+            continue
+        by_seed = {r["seed"]: r for r in base["rows"]}
+        for v in names:
+            a = agg.get((d, v))
+            if a is None:
+                continue
+            pairs = [(r, by_seed[r["seed"]]) for r in a["rows"] if r["seed"] in by_seed]
+            if not pairs:
+                continue
+
+            def delta(key, scale=1.0, pairs=pairs):
+                diffs = np.array([scale * (r[key] - b[key]) for r, b in pairs])
+                return (f"{diffs.mean():+.1f}" if len(diffs) == 1 else
+                        f"{diffs.mean():+.1f} ± {diffs.std(ddof=0):.1f}")
+
+            out.append(f"| {d} | {v} | {len(pairs)} | {delta('oa', 100.0)} | "
+                       f"{delta('drop_band')} | {delta('drop_band2')} |")
+    if not out:
+        return []
+    return ["## Per-band noise candidates (issue 10.4) vs ND default", "",
+            "Seed-paired differences (candidate minus `ND default`, mean ± std over seeds): "
+            "clean OA in points (negative = costs accuracy) and the per-band noise drops "
+            "(negative = less sensitive).", "",
+            "| dataset | candidate | seeds | Δ OA | Δ band 10% drop | Δ band 2% drop |",
+            "|---|---|---|---|---|---|", *out, ""]
 
 
 def markdown(rows: list[dict], agg: dict, datasets, variants, argv, seconds: float,
@@ -557,8 +598,11 @@ def markdown(rows: list[dict], agg: dict, datasets, variants, argv, seconds: flo
         "loop only: ndgeo does not count the band-pair initialisation, an ANOVA over all band "
         "pairs that takes ~17 s on 200 bands and runs twice with the refit). Drops: accuracy "
         "points lost on the test pixels under x0.7 "
-        "illumination / 10% global noise (one factor per pixel) / 10% per-band noise / additive "
-        "haze of 3% of the band median; noise averaged over 5 draws, identical for every model.",
+        "illumination / 10% global noise (one factor per pixel) / 10% and 2% per-band noise / "
+        "additive haze of 3% of the band median; noise averaged over 5 draws, identical for "
+        "every model. At 10% per-band noise every model of the Indian Pines sets falls to "
+        "about the majority-class share (24%), so that drop mostly repeats clean accuracy; the "
+        "2% column measures sensitivity.",
         "",
         "ND variants: default = `ndgeo train` defaults (32 indices, BatchNorm, MLP head 64, "
         "cosine schedule, refit); old defaults = `--schedule plateau --head linear --indices 8` "
@@ -600,6 +644,7 @@ def markdown(rows: list[dict], agg: dict, datasets, variants, argv, seconds: flo
         if d in REAL:
             lines += goal_check(agg, d)
     lines += ["```", ""]
+    lines += candidates(agg, datasets)
     odd = [r for r in rows if r.get("eval_matches_inprocess") is False]
     if odd:
         lines += ["Note: `ndgeo evaluate` and the in-process prediction disagreed on "
