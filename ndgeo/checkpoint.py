@@ -18,6 +18,7 @@ import os
 import struct
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from threading import Lock
 from typing import TYPE_CHECKING, Any
@@ -423,15 +424,19 @@ def inference_cache_dir() -> Path | None:
     return Path(base) / "ndgeo" / "models"
 
 
-def classifier_inference(path: str | os.PathLike) -> tuple[dict, list, BandMajorWeights]:
+def classifier_inference(
+    path: str | os.PathLike,
+) -> tuple[dict, list, BandMajorWeights | None]:
     """``(metadata, index coefficients, folded band-major weights)`` of a classifier file.
 
     The weights are what :func:`ndgeo.nn.inference.band_major` folds (the coefficients what
     ``model.index_coefficients`` gives, ``[]`` for an MLP), computed with torch on the first
     call for a file's content and then kept per process and in :func:`inference_cache_dir`
-    under the file's SHA-256, so later CPU runs read the header-less numbers without importing
-    torch. A file is validated whole (:func:`load_classifier`) before anything of it is cached;
-    a cache entry is trusted because its key is the content it was made from.
+    under the file's SHA-256, so later CPU runs read the numbers without importing torch.
+    A file is validated whole (:func:`load_classifier`) before anything of it is cached; a
+    cache entry is trusted because its key is the content it was made from. The weights are
+    None when :mod:`ndgeo.kernels` did not reproduce the torch module bit for bit on
+    :func:`ndgeo.kernels.probe_pixels` on this machine (its CPU runs then stay on torch).
     """
     return cached_load(path, _classifier_inference, key="inference")
 
@@ -454,7 +459,7 @@ def _classifier_inference(path: str) -> tuple[dict, list, BandMajorWeights]:
     from ndgeo.nn.inference import band_major
 
     model, meta = load_classifier(file)
-    weights = band_major(model).numpy_weights()
+    weights = _exact_weights(band_major(model))
     coefficients: list = []
     if callable(getattr(model, "index_coefficients", None)):
         coefficients = model.index_coefficients([b["name"] for b in meta["bands"]])
@@ -463,13 +468,35 @@ def _classifier_inference(path: str) -> tuple[dict, list, BandMajorWeights]:
     return meta, coefficients, weights
 
 
-def _read_inference(entry: Path) -> tuple[dict, list, BandMajorWeights]:
+def _exact_weights(net) -> BandMajorWeights | None:
+    """``net``'s numpy weights if :mod:`ndgeo.kernels` gives its exact logits and indices."""
+    import torch
+
+    from ndgeo import kernels
+
+    weights = net.numpy_weights()
+    width = weights.first.shape[1] if weights.first is not None else weights.weights[0].shape[1]
+    x = kernels.probe_pixels(width)
+    with torch.no_grad():
+        want = [net(torch.from_numpy(x)).numpy()]
+        if weights.kind == "nd":
+            want.append(net.indices(torch.from_numpy(x)).numpy())
+    got = [kernels.run_columns(partial(kernels.forward, weights), x, 4096)]
+    if weights.kind == "nd":
+        got.append(kernels.run_columns(partial(kernels.indices, weights), x, 4096))
+    same = all(np.array_equal(a.view(np.uint32), b.view(np.uint32))
+               for a, b in zip(got, want, strict=True))
+    return weights if same else None
+
+
+def _read_inference(entry: Path) -> tuple[dict, list, BandMajorWeights | None]:
     from ndgeo.kernels import BandMajorWeights
 
     with np.load(entry, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
     doc = json.loads(str(arrays.pop("__json__")))
-    return doc["meta"], doc["coefficients"], BandMajorWeights.from_arrays(arrays)
+    weights = BandMajorWeights.from_arrays(arrays) if doc["exact"] else None
+    return doc["meta"], doc["coefficients"], weights
 
 
 def _write_inference(entry: Path, meta: dict, coefficients: list, weights) -> None:
@@ -477,13 +504,14 @@ def _write_inference(entry: Path, meta: dict, coefficients: list, weights) -> No
     import logging
     import tempfile
 
-    doc = json.dumps({"meta": meta, "coefficients": coefficients})
+    doc = json.dumps({"meta": meta, "coefficients": coefficients, "exact": weights is not None})
+    arrays = weights.to_arrays() if weights is not None else {}
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".tmp-", suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, __json__=np.array(doc), **weights.to_arrays())
+                np.savez(f, __json__=np.array(doc), **arrays)
             os.replace(tmp, entry)
         except BaseException:
             os.unlink(tmp)

@@ -1,23 +1,51 @@
-"""The torch device of a run (``--device``), its thread count, and batch-by-batch inference."""
+"""The torch device of a run (``--device``) and its thread count.
+
+Importing this module does not import torch: :func:`device_kind` answers ``cpu`` for
+``--device cpu`` and for ``auto`` on a Linux machine without an NVIDIA driver, so CPU commands
+that need no torch (``ndgeo apply`` on the CPU, see :mod:`ndgeo.kernels`) never load it.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
-
-import torch
+from typing import TYPE_CHECKING
 
 from ndgeo.errors import NdgeoError
+
+if TYPE_CHECKING:
+    import torch
+
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a user error."""
+    if device not in DEVICES:
+        raise NdgeoError(f"--device must be auto, cpu or cuda, got {device!r}")
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise NdgeoError("--device cuda requested but no CUDA GPU is available; use --device cpu")
-    if device not in ("cpu", "cuda"):
-        raise NdgeoError(f"--device must be auto, cpu or cuda, got {device!r}")
     return torch.device(device)
+
+
+def _no_nvidia_driver() -> bool:
+    """True when this is Linux and no NVIDIA kernel driver is loaded (so CUDA cannot work)."""
+    return sys.platform.startswith("linux") and not (
+        os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
+    )
+
+
+def device_kind(device: str) -> str:
+    """``cpu`` or ``cuda``: where ``device`` runs, validated as :func:`resolve_device` does,
+    without importing torch when the answer is the CPU for certain."""
+    if device == "cpu" or (device == "auto" and _no_nvidia_driver()):
+        return "cpu"
+    return resolve_device(device).type
 
 
 _THREAD_LOCK = threading.Lock()
@@ -32,6 +60,8 @@ def one_torch_thread() -> None:
     others may change it (training restores its caller's count), so it is checked every time;
     the lock keeps two engine threads from changing it at once.
     """
+    import torch
+
     if torch.get_num_threads() == 1:
         return
     with _THREAD_LOCK:

@@ -14,13 +14,12 @@ No input check is made: NaN columns (masked pixels) give NaN columns and cost no
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import torch
 from torch import nn
 
-from ndgeo.errors import NdgeoError
+from ndgeo import kernels
+from ndgeo.kernels import BandMajorWeights, batches
 from ndgeo.nn.models import MLP, NDClassifier, _Affine
 
 
@@ -100,6 +99,15 @@ class BandMajorND(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.from_indices(self._first_layer(x))
 
+    def numpy_weights(self) -> BandMajorWeights:
+        """The same folded weights as numpy arrays, for :mod:`ndgeo.kernels` (torch-free CPU)."""
+        return BandMajorWeights(
+            kind="nd", first=self.first.numpy().copy(), eps=tuple(self.eps),
+            hidden=tuple(p.detach().numpy().copy() for p in self.hidden),
+            weights=tuple(w.detach().numpy().copy() for w in self.head_weights),
+            biases=tuple(b.detach().numpy().copy() for b in self.head_biases),
+        )
+
 
 class BandMajorMLP(nn.Module):
     """:class:`MLP` on ``(C, N)`` pixels with the z-score folded into the first layer."""
@@ -126,6 +134,13 @@ class BandMajorMLP(nn.Module):
                 x = x.clamp_(min=0)
         return x
 
+    def numpy_weights(self) -> BandMajorWeights:
+        """The same folded weights as numpy arrays, for :mod:`ndgeo.kernels` (torch-free CPU)."""
+        return BandMajorWeights(
+            kind="mlp", weights=tuple(w.detach().numpy().copy() for w in self.weights),
+            biases=tuple(b.detach().numpy().copy() for b in self.biases),
+        )
+
 
 def band_major(model: nn.Module) -> nn.Module:
     """The eval-only band-major form of a pixel classifier (``NDClassifier`` or ``MLP``)."""
@@ -137,36 +152,15 @@ def band_major(model: nn.Module) -> nn.Module:
 
 
 def argmax_rows(scores: torch.Tensor) -> torch.Tensor:
-    """Row index of the largest value in each column of ``scores`` (M, N), first on ties.
-
-    uint8 for up to 255 rows (so 1-based class ids cannot wrap), else int32. On the CPU this is
-    M - 1 compare-and-select passes in numpy: torch's ``argmax(dim=0)`` is a strided reduction
-    (~250 ns/pixel for 4 rows on this project's CPU) and its bool kernels (``gt``,
-    ``masked_fill_``) ran at 1.5-10 ns/element against numpy's 0.2. Columns holding NaN
-    (masked pixels) give an arbitrary row.
-    """
-    rows, n = scores.shape
-    dtype = np.uint8 if rows <= 255 else np.int32
+    """Row index of the largest value in each column of ``scores`` (M, N), first on ties;
+    uint8 for up to 255 rows, else int32 (:func:`ndgeo.kernels.argmax_rows` on the CPU)."""
+    dtype = np.uint8 if scores.shape[0] <= 255 else np.int32
     if scores.device.type != "cpu":
         return scores.argmax(dim=0).to(getattr(torch, np.dtype(dtype).name))
-    values = scores.detach().numpy()
-    index = np.zeros(n, dtype=dtype)
-    best = values[0].copy()
-    better = np.empty(n, dtype=bool)
-    for m in range(1, rows):
-        np.greater(values[m], best, out=better)
-        np.copyto(index, m, where=better)
-        if m < rows - 1:
-            np.maximum(best, values[m], out=best)
-    return torch.from_numpy(index)
+    return torch.from_numpy(kernels.argmax_rows(scores.detach().numpy()))
 
 
-def batches(n: int, batch_size: int) -> Iterator[slice]:
-    """Consecutive slices of at most ``batch_size`` covering ``range(n)``."""
-    if batch_size < 1:
-        raise NdgeoError(f"batch size must be >= 1, got {batch_size}")
-    for start in range(0, n, batch_size):
-        yield slice(start, min(start + batch_size, n))
+__all__ = ["BandMajorMLP", "BandMajorND", "argmax_rows", "band_major", "batches", "run_batched"]
 
 
 @torch.no_grad()

@@ -1,7 +1,10 @@
 """``ndgeo apply``: a trained pixel classifier's class ids, probabilities or learned indices.
 
 The processor is a small picklable object: the model file is loaded once per process with
-:func:`ndgeo.checkpoint.cached_load`, and tasks only ever return CPU numpy arrays.
+:func:`ndgeo.checkpoint.cached_load`, and tasks only ever return CPU numpy arrays. On the CPU,
+inputs without GDAL scale/offset run the folded weights in numpy (:mod:`ndgeo.kernels`,
+bit-identical to the torch modules), so ``ndgeo apply`` imports torch only for a GPU, a
+denoiser, scaled inputs or probability products (softmax).
 """
 
 from __future__ import annotations
@@ -13,16 +16,16 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
-import torch
 
-from ndgeo.checkpoint import cached_load, load_classifier, match_model_bands
-from ndgeo.device import one_torch_thread, resolve_device
+from ndgeo import kernels
+from ndgeo.bands import Band
+from ndgeo.checkpoint import cached_load, classifier_inference, load_classifier, match_model_bands
+from ndgeo.device import device_kind, one_torch_thread, resolve_device
 from ndgeo.engine import Processor
 from ndgeo.errors import NdgeoError
-from ndgeo.formula import model_formulas, to_plain
+from ndgeo.formula import formulas_from_coefficients, to_plain
 from ndgeo.io.raster import RasterInfo, any_positive, physical_scaling
 from ndgeo.io.writer import ClassInfo, classes_tag
-from ndgeo.nn.inference import argmax_rows, band_major, run_batched
 
 #: Products of ``apply --products``: class values, class probabilities, the learned indices,
 #: and per-pixel uncertainty: ``entropy`` of the probabilities (nats, 0..log C) and ``margin``
@@ -159,14 +162,54 @@ class ModelProcessor(Processor):
         # all <= 0 (after the clip) and the all-zero pass is skipped.
         self.check_all_zero = not (kind == "u" and image.nodata == 0) or not exact
 
-    def _model(self, device: torch.device):
+    def _model(self, device):
         return cached_load(self.model_path, partial(_load_band_major, device=device),
                            key=("band-major", str(device)))
 
-    def __call__(self, block: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    def _kernels(self, device_type: str, pixels: np.ndarray):
+        """``(class ids, logits, indices)`` functions of float32 band-major batches and the
+        runner over the block's pixels: numpy on the CPU for unscaled input, else torch."""
+        weights = classifier_inference(self.model_path)[2] if device_type == "cpu" else None
+        if weights is not None and self.scaling is None:
+            clip = self.clip_negative
+
+            def run(fn) -> np.ndarray:
+                def step(x: np.ndarray) -> np.ndarray:
+                    return fn(kernels.clamp_min_zero(x) if clip else x)
+
+                return kernels.run_columns(step, pixels, self.batch_size)
+
+            return (lambda x: kernels.argmax_rows(kernels.forward(weights, x)),
+                    partial(kernels.forward, weights), partial(kernels.indices, weights), run)
+        import torch
+
+        from ndgeo.nn.inference import argmax_rows, run_batched
+
         device = resolve_device(self.device)
         if device.type == "cpu":
             one_torch_thread()
+        model = self._model(device)
+        scale = offset = None
+        if self.scaling is not None:
+            scale, offset = (torch.tensor(v, dtype=torch.float32, device=device)[:, None]
+                             for v in self.scaling)
+
+        def prepared(b: torch.Tensor) -> torch.Tensor:
+            # float32 batches in physical units; reflectance below 0 is clipped to 0, as in
+            # training.
+            x = b.float()
+            if scale is not None:
+                x = torch.addcmul(offset, x, scale)
+            return x.clamp_min(0) if self.clip_negative else x
+
+        def run_torch(fn) -> np.ndarray:
+            return run_batched(lambda b: fn(prepared(b)), pixels, self.batch_size, device,
+                               axis=1)
+
+        return lambda b: argmax_rows(model(b)), model, model.indices, run_torch
+
+    def __call__(self, block: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        device_type = device_kind(self.device)
         if self.denoiser is not None:
             block = self.denoiser.denoise(block, valid)
         out = np.full((self.out_count, *block.shape[1:]), self.out_nodata, dtype=self.out_dtype)
@@ -183,23 +226,7 @@ class ModelProcessor(Processor):
         pixels = block[:, valid] if gathered else block.reshape(block.shape[0], -1)
         if pixels.shape[1] == 0:
             return out
-        model = self._model(device)
-
-        scale = offset = None
-        if self.scaling is not None:
-            scale, offset = (torch.tensor(v, dtype=torch.float32, device=device)[:, None]
-                             for v in self.scaling)
-
-        def prepared(b: torch.Tensor) -> torch.Tensor:
-            # float32 batches in physical units; reflectance below 0 is clipped to 0, as in
-            # training.
-            x = b.float()
-            if scale is not None:
-                x = torch.addcmul(offset, x, scale)
-            return x.clamp_min(0) if self.clip_negative else x
-
-        def run(fn) -> np.ndarray:
-            return run_batched(lambda b: fn(prepared(b)), pixels, self.batch_size, device, axis=1)
+        classify, logits_of, indices_of, run = self._kernels(device_type, pixels)
 
         def put(dst: np.ndarray, values: np.ndarray) -> None:
             # Masked pixels may hold NaN; the engine overwrites them, so no cast warning.
@@ -216,19 +243,23 @@ class ModelProcessor(Processor):
 
         outputs = self.outputs
         if outputs == ["class"]:
-            ids = run(lambda b: argmax_rows(model(b)))
+            ids = run(classify)
             put(out[0], self._values(ids).astype(self.out_dtype, copy=False))
             return out
         # Logits from the model's own forward, as for class-only output (the indices output is
         # clamped to [-1, 1] and could move a tie by an ulp).
-        logits = run(model) if set(outputs) - {"indices"} else None
-        proba = (torch.softmax(torch.from_numpy(logits), dim=0).numpy()
-                 if set(outputs) & {"proba", "entropy", "margin"} else None)
-        indices = run(model.indices) if set(outputs) & {"indices", "contributions"} else None
+        logits = run(logits_of) if set(outputs) - {"indices"} else None
+        proba = None
+        if set(outputs) & {"proba", "entropy", "margin"}:
+            import torch
+
+            one_torch_thread()  # softmax's vector/tail split depends on the thread count
+            proba = torch.softmax(torch.from_numpy(logits), dim=0).numpy()
+        indices = run(indices_of) if set(outputs) & {"indices", "contributions"} else None
         band = 0
         for o in outputs:
             if o == "class":
-                ids = argmax_rows(torch.from_numpy(logits)).numpy()
+                ids = kernels.argmax_rows(logits)
                 put(out[band], self._values(ids).astype(np.float32))
                 band += 1
             elif o == "entropy":
@@ -259,7 +290,9 @@ class ModelProcessor(Processor):
         return out
 
 
-def _load_band_major(path: str, device: torch.device):
+def _load_band_major(path: str, device):
+    from ndgeo.nn.inference import band_major
+
     return band_major(load_classifier(path)[0]).to(device)
 
 
@@ -296,12 +329,14 @@ def model_processor(
     from ``model_path`` once per process. Bands are matched by name, never by position.
     A denoise stage is added with :meth:`ModelProcessor.set_denoiser`.
     """
-    resolve_device(device)  # fail early on --device cuda without a GPU
-    model, meta = load_classifier(model_path)
+    device_kind(device)  # fail early on --device cuda without a GPU
+    meta, coefficients, _ = classifier_inference(model_path)
     positions = match_model_bands(meta, image)
     descriptions: list[str] = []
-    if meta["config"]["kind"] == "nd":
-        descriptions = [to_plain(f) for f in model_formulas(model, meta)]
+    if meta["config"]["kind"] == "nd":  # as ndgeo.formula.model_formulas gives them
+        bands = [Band(b["name"], b.get("letter")) for b in meta["bands"]]
+        descriptions = [to_plain(f) for f in formulas_from_coefficients(
+            coefficients, bands, threshold=0.05, precision=3)]
     processor = ModelProcessor(
         os.path.abspath(model_path), meta, outputs=outputs, batch_size=batch_size,
         device=device, quantize_proba=quantize_proba, index_descriptions=descriptions,

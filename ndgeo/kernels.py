@@ -1,0 +1,171 @@
+"""Band-major pixel-classifier inference in numpy: the CPU path of ``ndgeo apply``, without torch.
+
+The weights are those of :mod:`ndgeo.nn.inference`'s eval-only band-major modules, folded by
+torch once per model file (:func:`ndgeo.checkpoint.band_major_weights` keeps them on disk), so
+a CPU run never imports torch (~1.4 s of start-up on the project's machine). Every step is the
+same IEEE operation in the same order as the torch module: GEMMs with a 10-64 long inner
+dimension, elementwise add/divide, clamps that keep ``-0.0`` as torch's do. tests/test_startup.py
+checks the outputs are bit-identical to the torch modules (on this project's x86_64 machine
+MKL and OpenBLAS give the same sums on full blocks of columns, see :data:`COLUMN_BLOCK`), and
+each machine checks it again when it first folds a model file (a model whose kernels differ
+there stays on torch); inputs with GDAL scale/offset stay on torch, whose ``addcmul`` fuses the
+multiply-add.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from ndgeo.errors import NdgeoError
+
+
+@dataclass(frozen=True)
+class BandMajorWeights:
+    """Folded weights of an ND classifier (``kind`` ``nd``) or an MLP (``mlp``).
+
+    ``first`` (2K, C): numerator rows then denominator rows of the first ND layer (band scale
+    folded in); ``hidden``: (difference, total) matrices of further ND layers; ``weights`` and
+    ``biases`` (n, 1): the linear layers after them (head normalisation or z-score folded into
+    the first).
+    """
+
+    kind: str
+    weights: tuple[np.ndarray, ...]
+    biases: tuple[np.ndarray, ...]
+    first: np.ndarray | None = None
+    eps: tuple[float, ...] = ()
+    hidden: tuple[np.ndarray, ...] = ()
+
+    @property
+    def n_indices(self) -> int:
+        return 0 if self.first is None else self.first.shape[0] // 2
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Named arrays for ``numpy.savez`` (no pickle)."""
+        out = {"kind": np.array(self.kind), "eps": np.asarray(self.eps, dtype=np.float64)}
+        if self.first is not None:
+            out["first"] = self.first
+        for name, seq in (("weight", self.weights), ("bias", self.biases),
+                          ("hidden", self.hidden)):
+            for i, a in enumerate(seq):
+                out[f"{name}{i}"] = a
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays) -> BandMajorWeights:
+        def seq(name: str) -> tuple[np.ndarray, ...]:
+            n = sum(1 for k in arrays if k.startswith(name) and k[len(name):].isdigit())
+            return tuple(np.ascontiguousarray(arrays[f"{name}{i}"]) for i in range(n))
+
+        return cls(kind=str(arrays["kind"]), weights=seq("weight"), biases=seq("bias"),
+                   first=np.ascontiguousarray(arrays["first"]) if "first" in arrays else None,
+                   eps=tuple(float(e) for e in arrays["eps"]), hidden=seq("hidden"))
+
+
+def clamp_min_zero(x: np.ndarray) -> np.ndarray:
+    """``x.clamp_min(0)`` as torch does it, in place: negatives become 0, ``-0.0`` and NaN stay."""
+    np.copyto(x, np.float32(0), where=x < 0)
+    return x
+
+
+def first_layer(w: BandMajorWeights, x: np.ndarray) -> np.ndarray:
+    """First-layer ND values ``(K, N)`` of float32 band-major pixels ``x`` (C, N), unclamped."""
+    both = w.first @ x
+    k = w.n_indices
+    num, den = both[:k], both[k:]
+    den += np.float32(w.eps[0])
+    num /= den
+    return num
+
+
+def indices(w: BandMajorWeights, x: np.ndarray) -> np.ndarray:
+    """The learned indices ``(K, N)`` of ``x``, in [-1, 1]."""
+    h = first_layer(w, x)
+    return np.clip(h, -1.0, 1.0, out=h)
+
+
+def from_indices(w: BandMajorWeights, h: np.ndarray) -> np.ndarray:
+    """Logits ``(n_classes, N)`` from first-layer values (or, for an MLP, from the pixels)."""
+    for i, eps in enumerate(w.eps[1:]):
+        diff, total = w.hidden[2 * i], w.hidden[2 * i + 1]
+        den = total @ np.abs(h)
+        den += np.float32(eps)
+        h = diff @ h
+        h /= den
+        np.clip(h, -1.0, 1.0, out=h)
+    last = len(w.weights) - 1
+    for i, (weight, bias) in enumerate(zip(w.weights, w.biases, strict=True)):
+        out = weight @ h
+        out += bias
+        h = clamp_min_zero(out) if i < last else out
+    return h
+
+
+def forward(w: BandMajorWeights, x: np.ndarray) -> np.ndarray:
+    """Logits ``(n_classes, N)`` of float32 band-major pixels ``x`` (C, N)."""
+    return from_indices(w, first_layer(w, x) if w.kind == "nd" else x)
+
+
+def argmax_rows(values: np.ndarray) -> np.ndarray:
+    """Row index of the largest value in each column of ``values`` (M, N), first on ties.
+
+    uint8 for up to 255 rows (so 1-based class ids cannot wrap), else int32: M - 1
+    compare-and-select passes (torch's strided ``argmax(dim=0)`` took ~250 ns/pixel for 4 rows
+    on this project's CPU, this ~1). Columns holding NaN (masked pixels) give an arbitrary row.
+    """
+    rows, n = values.shape
+    index = np.zeros(n, dtype=np.uint8 if rows <= 255 else np.int32)
+    best = values[0].copy()
+    better = np.empty(n, dtype=bool)
+    for m in range(1, rows):
+        np.greater(values[m], best, out=better)
+        np.copyto(index, m, where=better)
+        if m < rows - 1:
+            np.maximum(best, values[m], out=best)
+    return index
+
+
+def batches(n: int, batch_size: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``batch_size`` covering ``range(n)``."""
+    if batch_size < 1:
+        raise NdgeoError(f"batch size must be >= 1, got {batch_size}")
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+#: Batches are padded to a multiple of this many columns: BLAS libraries compute a last
+#: partial block of columns with other instructions (MKL, torch's, and OpenBLAS, numpy's, then
+#: differ in the last bit), full blocks identically.
+COLUMN_BLOCK = 64
+
+
+def run_columns(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
+                batch_size: int) -> np.ndarray:
+    """``fn`` over column batches of band-major ``x`` (C, N), each copied into a float32 buffer
+    padded with zero columns to a multiple of :data:`COLUMN_BLOCK` (the conversion stays in
+    cache); ``fn`` returns ``(K, n)`` or ``(n,)``. One output array."""
+    n = x.shape[1]
+    out: np.ndarray | None = None
+    for part in batches(n, batch_size):
+        width = part.stop - part.start
+        buf = np.empty((x.shape[0], -(-width // COLUMN_BLOCK) * COLUMN_BLOCK), dtype=np.float32)
+        buf[:, :width] = x[:, part]
+        buf[:, width:] = 0
+        result = fn(buf)[..., :width]
+        if out is None:
+            out = np.empty((*result.shape[:-1], n), dtype=result.dtype)
+        out[..., part] = result
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def probe_pixels(n_bands: int, seed: int = 0) -> np.ndarray:
+    """float32 band-major pixels over the ranges models meet (reflectance 0-1 and x 10000
+    integers), with a partial last block: what :func:`ndgeo.checkpoint.classifier_inference`
+    runs through both the torch module and these kernels before trusting the kernels."""
+    rng = np.random.default_rng(seed)
+    small = rng.uniform(0, 1, (n_bands, 2048))
+    large = rng.integers(1, 12000, (n_bands, 2048 + 37))
+    return np.concatenate([small, large], axis=1).astype(np.float32)
