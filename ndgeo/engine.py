@@ -29,6 +29,7 @@ Execution (why it is built this way, see docs/notes ecosystem.md sections 3-7):
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -46,6 +47,7 @@ from rasterio.windows import Window
 
 from ndgeo import stats
 from ndgeo.errors import NdgeoError
+from ndgeo.io.gdal_config import cache_megabytes, check_config_options
 from ndgeo.io.raster import RasterInfo, check_nodata, to_float, valid_mask
 from ndgeo.io.tiles import chunk_shape, grow, plan_windows
 from ndgeo.io.writer import GeoTIFFWriter, check_output, creation_profile
@@ -224,8 +226,6 @@ CONNECT_TIMEOUT = 30.0
 def _quiet_distributed() -> None:
     """distributed logs cluster start-up at INFO (34 lines for two workers): keep its loggers
     at WARNING unless the user asked for more (``-v`` sets the root level)."""
-    import logging
-
     level = max(logging.WARNING, logging.getLogger().getEffectiveLevel())
     for name in ("distributed", "distributed.nanny", "distributed.scheduler",
                  "distributed.worker", "distributed.core", "distributed.http.proxy"):
@@ -269,7 +269,8 @@ class Execution:
             raise NdgeoError(f"threads must be >= 1, got {self.threads}")
         if not (self.timeout > 0):
             raise NdgeoError(f"--timeout must be positive, got {self.timeout}")
-        self.env = {**DEFAULT_GDAL_ENV, **(self.gdal_env or {})}
+        self.env = {**DEFAULT_GDAL_ENV,
+                    **check_config_options(self.gdal_env or {}, _ram_bytes())}
 
     @property
     def distributed(self) -> bool:
@@ -331,15 +332,16 @@ class Execution:
             if not self.scheduler.startswith(("tcp://", "tls://", "inproc://", "ws://", "wss://")):
                 raise NdgeoError(f"--scheduler must be an address like tcp://HOST:PORT, got "
                                  f"{self.scheduler!r}")
-            try:
-                client = Client(self.scheduler, timeout=self.timeout)
-            except (OSError, TimeoutError) as exc:
-                raise NdgeoError(f"cannot connect to dask scheduler {self.scheduler} within "
-                                 f"{self.timeout:g} s: {exc}") from exc
+            client = _client_within(self.scheduler, self.timeout)
             cluster = None
         elif self.workers:
+            # Workers log at ERROR unless -v: a Ctrl-C would otherwise print one "task
+            # cancelled" warning per running task from every worker process.
+            root = logging.getLogger().getEffectiveLevel()
             cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1,
-                                   processes=True, dashboard_address=None)
+                                   processes=True, dashboard_address=None,
+                                   silence_logs=logging.ERROR if root >= logging.WARNING
+                                   else root)
             self.clusters_started += 1
             client = Client(cluster, timeout=self.timeout)
         else:
@@ -352,6 +354,44 @@ class Execution:
             client.close()
             if cluster is not None:
                 cluster.close()
+
+
+def _ram_bytes() -> float | None:
+    """Physical memory, for a ``GDAL_CACHEMAX`` given as a share of it."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _client_within(address: str, timeout: float) -> Any:
+    """``distributed.Client(address)`` bounded by ``timeout``: a peer that accepts the TCP
+    connection but never speaks the dask protocol makes ``Client`` wait forever whatever its
+    own ``timeout`` (distributed 2026.8), so it is built in a daemon thread abandoned at the
+    deadline."""
+    from distributed import Client
+
+    box: dict[str, Any] = {}
+
+    def connect() -> None:
+        try:
+            box["client"] = Client(address, timeout=timeout)
+        except BaseException as exc:  # handed to the caller below
+            box["error"] = exc
+
+    thread = threading.Thread(target=connect, name="ndgeo-connect", daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    if thread.is_alive():
+        raise NdgeoError(f"dask scheduler {address} did not answer within {timeout:g} s (is a "
+                         "dask scheduler listening there? raise --timeout for a slow one)")
+    error = box.get("error")
+    if isinstance(error, OSError | TimeoutError):
+        raise NdgeoError(f"cannot connect to dask scheduler {address} within {timeout:g} s: "
+                         f"{error}") from error
+    if error is not None:
+        raise error
+    return box["client"]
 
 
 def _execute(
@@ -483,7 +523,7 @@ def plan(
         4 + np.dtype(processor.out_dtype).itemsize
     )
     profile = creation_profile(processor.out_dtype, creation_options)
-    cache_mb = float(execution.env.get("GDAL_CACHEMAX", 0))
+    cache_mb = cache_megabytes(execution.env.get("GDAL_CACHEMAX", 0), _ram_bytes()) or 0.0
     return {
         "input": image.path,
         "output": os.path.abspath(os.fspath(out_path)),

@@ -183,12 +183,17 @@ _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
 _TEMP_MARK = ".ndgeo-"
 
 
+def name_limit(directory: str | os.PathLike) -> int:
+    """The longest file name ``directory``'s filesystem takes (255 where it cannot be asked)."""
+    try:
+        return int(os.pathconf(directory, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
+
+
 def _temp_prefix(target: Path) -> str:
     """``.NAME.ndgeo-`` for ``target``, NAME cut so a temporary fits the name limit."""
-    try:
-        limit = os.pathconf(target.parent, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        limit = 255
+    limit = name_limit(target.parent)
     # Room for the mark, host, the largest Linux pid (2**22), the token, ".tmp" + suffix and a
     # GDAL ".aux.xml" sidecar of the temporary.
     tail = f".{_TEMP_MARK}{_HOST}-{2**22}-{'0' * 8}.tmp{target.suffix}.aux.xml"
@@ -287,20 +292,25 @@ def publish(tmp: str | os.PathLike, target: str | os.PathLike, *, overwrite: boo
     except OSError as exc:
         raise write_error(target, exc) from exc
     _open_to_umask(tmp)
-    if overwrite:
-        os.replace(tmp, target)
-        return
     try:
-        os.link(tmp, target)
-    except FileExistsError:
-        raise NdgeoError(f"output {target} exists (written by another run meanwhile); "
-                         "use --overwrite") from None
-    except OSError:  # file systems without hard links: check, then rename
-        if target.exists():
-            raise NdgeoError(f"output {target} exists; use --overwrite") from None
-        os.replace(tmp, target)
-        return
-    tmp.unlink()
+        if overwrite:
+            os.replace(tmp, target)
+            return
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            raise NdgeoError(f"output {target} exists (written by another run meanwhile); "
+                             "use --overwrite") from None
+        except OSError:  # file systems without hard links: check, then rename
+            if target.exists():
+                raise NdgeoError(f"output {target} exists; use --overwrite") from None
+            os.replace(tmp, target)
+            return
+        tmp.unlink()
+    except NdgeoError:
+        raise
+    except OSError as exc:  # a name too long, a target made read-only meanwhile, ...
+        raise write_error(target, exc) from exc
 
 
 @contextmanager
@@ -571,6 +581,9 @@ def check_output(
             raise NdgeoError(f"output {path} is the input {name}; choose another name")
     if os.path.isdir(path):
         raise NdgeoError(f"output {path} is a directory")
+    if len(os.fsencode(os.path.basename(path))) > name_limit(directory or "."):
+        raise NdgeoError(f"output name {os.path.basename(path)[:40]}... is longer than the "
+                         f"{name_limit(directory or '.')} bytes its filesystem allows")
     if os.path.exists(path) and not overwrite:
         raise NdgeoError(f"output {path} exists; use --overwrite")
     if not os.path.isdir(directory):
@@ -883,13 +896,21 @@ def write_class_sidecars(path: str | os.PathLike, classes: Sequence[ClassInfo]) 
         '    <rasterresampler maxOversampling="2"/>\n  </pipe>\n  <blendMode>0</blendMode>\n'
         "</qgis>\n"
     )
+    written = []
     for target, text in ((aux, aux_text), (qml, qml_text)):
+        if len(os.fsencode(target.name)) > name_limit(target.parent):
+            logging.getLogger("ndgeo").warning(
+                "no %s legend beside %s: its name would exceed the filesystem's limit (the class "
+                "names and colours are still in the GeoTIFF)",
+                ".aux.xml" if target.name.endswith(".aux.xml") else target.suffix, path)
+            continue
         with atomic_path(target, overwrite=True) as tmp:
             try:
                 tmp.write_text(text, encoding="utf-8")
             except OSError as exc:
                 raise write_error(target, exc) from exc
-    return [aux, qml]
+        written.append(target)
+    return written
 
 
 def remove_class_sidecars(path: str | os.PathLike) -> None:
