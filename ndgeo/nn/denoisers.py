@@ -450,16 +450,26 @@ def user_backbone(class_path: str, channels: int, **args: object) -> UserBackbon
     return UserBackbone(class_path, import_backbone(class_path), channels, args)
 
 
+#: NE-arch's global skip weight at the start of training (Herbreteau et al. use 0.5).
+NE_ARCH_START_SKIP = 0.9
+
+
 def start_at_identity(model: nn.Module) -> nn.Module:
     """Zero the last layer of the residual branch of ``model`` (or of its WNE backbone), in place,
     so that training starts from the identity, a good denoiser at low noise.
 
     With the default random init the noise branch first outputs noise of its own, which the
     optimizer spends its first hundreds of steps undoing (a CPU budget then ends at the identity).
-    NEArch (no ``residual_output``) keeps Herbreteau et al.'s init. Returns ``model``.
+    NEArch has no residual branch to zero (its convolutions are affine combinations); its global
+    skip alpha * x + (1 - alpha) * branch starts at :data:`NE_ARCH_START_SKIP` instead of 0.5,
+    near the identity (with 0.5, 200 CPU steps left it below the identity on the sample scene:
+    31.8 dB at 1x for an input of 32.9; 36.3 dB from 0.9). Returns ``model``.
     """
     net = model.backbone if isinstance(model, WNE) else model
-    if hasattr(net, "residual_output"):
+    if isinstance(net, NEArch):
+        with torch.no_grad():
+            net.skip.alpha.fill_(NE_ARCH_START_SKIP)
+    elif hasattr(net, "residual_output"):
         layer = net.residual_output()
         nn.init.zeros_(layer.weight)
         if layer.bias is not None:

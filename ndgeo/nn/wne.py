@@ -242,8 +242,9 @@ class WNE(nn.Module):
         if not callable(getattr(self.backbone, "config", None)):
             raise NdgeoError(
                 f"the backbone {type(self.backbone).__name__} has no config(), so a file could not "
-                "say how to rebuild it; build it with ndgeo.nn.user_backbone('pkg.module:Class', "
-                "channels, **args) (or `ndgeo denoise train --backbone pkg.module:Class`)"
+                "say how to rebuild it; build it with ndgeo.nn.denoisers.user_backbone("
+                "'pkg.module:Class', channels, **args) (or `ndgeo denoise train --backbone "
+                "pkg.module:Class`)"
             )
         return {
             "kind": "wne",

@@ -138,7 +138,7 @@ def train_denoiser(
             "lr_halved_at": milestones,
             "seed": config.seed,
             "noise": "gaussian",
-            "init": "identity (residual output zeroed)",
+            "init": "identity (residual output zeroed; NE-arch: skip weight 0.9)",
             "loss": "raw-space MSE over valid pixels",
             "final_rmse": math.sqrt(float(np.mean(tail))) * span,
             "rmse_every_10pct": [
