@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import rasterio.shutil
 import torch
 from typer.testing import CliRunner
 
@@ -61,6 +62,13 @@ def test_vrt_equals_apply_and_index(nd_model, sample_scene, tmp_path):
     np.testing.assert_array_equal(~values.mask, valid)  # nodata through the mask band
     np.testing.assert_array_equal(np.isfinite(values.data), valid)  # and NaN in the values
     np.testing.assert_allclose(values.data[valid], expected[valid], rtol=0, atol=1e-6)
+
+    # GDAL's CreateCopy (what gdal_translate runs) materialises it, mask included.
+    copied = tmp_path / "copy.tif"
+    rasterio.shutil.copy(vrt, copied, driver="GTiff")
+    with rasterio.open(copied) as src:
+        np.testing.assert_array_equal(src.read(masked=True).mask, values.mask)
+        np.testing.assert_array_equal(src.read(), values.data)
 
     # ndgeo index on the exported formulas (no eps; 12 decimals) agrees too.
     asi = tmp_path / "f.json"
