@@ -70,8 +70,8 @@ def demo(
 ) -> None:
     """The whole job on the sample scene: check data, train, print learned formulas, apply."""
     from ndgeo import engine
-    from ndgeo.cli.apply import publish_legend
     from ndgeo.io.raster import open_raster
+    from ndgeo.io.writer import publish_class_legend
     from ndgeo.processors.classify import model_processor
     from ndgeo.sample import describe_scene, make_sample, validate_sample
     from ndgeo.training.classifier import train
@@ -110,7 +110,7 @@ def demo(
     with pixel_progress("4. apply", quiet=quiet) as progress:
         done = engine.run(processor, info, positions, classes_path, overwrite=True,
                           progress=progress)
-    legend = publish_legend(done.out_path, processor.classes)
+    legend = publish_class_legend(done.out_path, processor.classes)
     say(f"[bold]4. classification[/] written to {done.out_path} "
         f"(uint8 class values with colour table, legend in {', '.join(p.name for p in legend)}; "
         f"model {model_path}, report {out / 'model.png'})")

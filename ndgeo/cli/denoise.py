@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ndgeo.cli import options as opt
 from ndgeo.cli.app import app, console, is_quiet
-from ndgeo.cli.apply import run_command
+from ndgeo.cli.apply import run_job
 from ndgeo.cli.options import parse_backbone_args, parse_list
 from ndgeo.cli.present import print_json, step_progress
 from ndgeo.cli.train import given, warn
@@ -81,7 +81,7 @@ def denoise_apply(
     ctx: typer.Context,
     denoiser: Path = typer.Argument(..., help="Denoiser file written by `ndgeo denoise train`."),
     image: str = opt.IMAGE,
-    out: Path = typer.Option(..., *opt.OUTPUT, help="Output GeoTIFF."),
+    out: str = opt.BATCH_OUTPUT,
     dtype: str = typer.Option("same", "--dtype", help="Output pixel type: same (input type, rounded and clipped) or e.g. float32 (exact values)."),
     device: str = opt.DEVICE,
     bands: str | None = opt.BAND_NAMES,
@@ -99,19 +99,18 @@ def denoise_apply(
     backbone: str | None = opt.USER_BACKBONE,
 ) -> None:
     """Denoise IMAGE chunk-wise with scene statistics: equal to whole-scene denoising (a global
-    backbone runs on the whole scene, up to 1024 x 1024 px, and is refused above)."""
+    backbone runs on the whole scene, up to 1024 x 1024 px, and is refused above). IMAGE may be
+    a glob pattern with -o OUTDIR/: batch mode, as in `ndgeo apply`."""
     from ndgeo.checkpoint import load_denoiser
-    from ndgeo.io.raster import open_raster
-    from ndgeo.processors.denoise import denoise_processor
+    from ndgeo.jobs import denoise_job
 
     load_denoiser(denoiser, backbone=backbone)  # DENOISER first: "MODEL comes first"
-    info = open_raster(image, bands=parse_list(bands), sensor=sensor, nodata=nodata)
-    processor, positions, chunk = denoise_processor(
-        denoiser, info, out_dtype=dtype, device=device, chunk_size=chunk_size, backbone=backbone,
-    )
-    execution = opt.execution(chunk, scheduler, workers, config, timeout)
-    run_command(ctx, processor, info, positions, out, execution, co=co, cog=cog,
-                overwrite=overwrite, dry_run=dry_run, what="denoise")
+    job = denoise_job(denoiser, out_dtype=dtype, device=device, backbone=backbone,
+                      chunk_size=chunk_size, bands=parse_list(bands), sensor=sensor,
+                      nodata=nodata)
+    run_job(ctx, job, image, out, dict(scheduler=scheduler, workers=workers, config=config,
+                                       timeout=timeout),
+            co=co, cog=cog, overwrite=overwrite, dry_run=dry_run, what="denoise")
 
 
 @denoise_app.command("evaluate")

@@ -16,7 +16,8 @@ from ndgeo.errors import NdgeoError
 OUTPUT = "-o", "--output"
 
 MODEL = typer.Argument(..., help="Model file written by `ndgeo train`.")
-IMAGE = typer.Argument(..., help="Input raster (any GDAL dataset name, or a STAC Item .json; any size).")
+IMAGE = typer.Argument(..., help="Input raster (any GDAL dataset name, or a STAC Item .json; any size), or a glob pattern such as 'scenes/*.tif' for batch mode (with -o OUTDIR/).")
+BATCH_OUTPUT = typer.Option(..., *OUTPUT, help="Output GeoTIFF; in batch mode the directory OUTDIR/ that gets one <scene>.tif per input.")
 BAND_NAMES = typer.Option(None, "--band-names", help="Name every image band (comma-separated), overriding its descriptions.")
 SENSOR = typer.Option(None, "--sensor", help="Sensor preset naming the bands: sentinel-2, landsat-8, landsat-9, landsat-7, generic.")
 GRID = typer.Option(None, "--grid", help="STAC Item input: the band whose grid the others are resampled onto (asset key or band name, e.g. B04); default the finest.")

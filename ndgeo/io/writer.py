@@ -913,6 +913,17 @@ def write_class_sidecars(path: str | os.PathLike, classes: Sequence[ClassInfo]) 
     return written
 
 
+def publish_class_legend(path: str | os.PathLike, classes: Sequence[ClassInfo] | None
+                         ) -> list[Path]:
+    """After a run: class maps get their legend beside them (:func:`write_class_sidecars`);
+    other outputs drop a legend an earlier file at ``path`` left (:func:`remove_class_sidecars`).
+    """
+    if classes:
+        return write_class_sidecars(path, classes)
+    remove_class_sidecars(path)
+    return []
+
+
 def remove_class_sidecars(path: str | os.PathLike) -> None:
     """Remove legend sidecars that :func:`write_class_sidecars` left for an earlier file at
     ``path`` (after it was overwritten by an output that is not a class map)."""
