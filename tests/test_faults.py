@@ -153,7 +153,7 @@ def _run_until_temporary(args: list, directory: Path, out_name: str) -> subproce
 
 
 @pytest.mark.parametrize("command", ["apply", "denoise"])
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_mid_write_cleans_up(command, signum, nd_model, denoiser, big_scene, tmp_path):
     out = tmp_path / "o.tif"
     if command == "apply":
@@ -164,7 +164,7 @@ def test_signal_mid_write_cleans_up(command, signum, nd_model, denoiser, big_sce
     proc = _run_until_temporary(args, tmp_path, "o.tif")
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == (143 if signum == signal.SIGTERM else 130), stderr
+    assert proc.returncode == {signal.SIGTERM: 143, signal.SIGINT: 130, signal.SIGHUP: 129}[signum]
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
     assert os.listdir(tmp_path) == []
 

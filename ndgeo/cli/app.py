@@ -28,12 +28,17 @@ GLOBAL_FLAGS = ("-q", "--quiet", "-v", "-vv", "--verbose", "--debug")
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (``timeout``, ``docker stop``, batch schedulers): unwinds like Ctrl-C, so every
-    temporary output is removed, then exits 143."""
+    """SIGTERM (``timeout``, ``docker stop``, batch schedulers) or SIGHUP (the terminal or SSH
+    session went away): unwinds like Ctrl-C, so every temporary output is removed, then exits
+    128 + the signal number (143, 129)."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signum)
+        self.signum = int(signum)
 
 
-def _on_sigterm(signum, frame) -> None:
-    raise Terminated()
+def _on_signal(signum, frame) -> None:
+    raise Terminated(signum)
 
 
 class _Group(TyperGroup):
@@ -64,7 +69,7 @@ class _Group(TyperGroup):
             terminated = isinstance(exc, Terminated)
             err_console.print(f"[bold red]{'terminated' if terminated else 'interrupted'}[/]: "
                               "no output was written")
-            ctx.exit(143 if terminated else 130)
+            ctx.exit(128 + exc.signum if terminated else 130)
 
 
 app = typer.Typer(
@@ -106,8 +111,9 @@ def is_quiet(ctx: typer.Context) -> bool:
 
 
 def main() -> None:
-    """Console-script entry point (SIGTERM is handled like Ctrl-C)."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    """Console-script entry point (SIGTERM and SIGHUP are handled like Ctrl-C)."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _on_signal)
     app(prog_name="ndgeo")
 
 
