@@ -687,6 +687,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="Processes in parallel (default 1; 1 torch thread each).")
     parser.add_argument("--resume", action="store_true",
                         help="Reuse rows of an earlier run from the cache's raw JSONL file.")
+    parser.add_argument("--report-only", action="store_true",
+                        help="With --resume: write the tables from the cached rows only, "
+                             "running nothing (missing runs are listed).")
     args = parser.parse_args(argv)
     argv_used = ["benchmarks/real_scenes.py", *(sys.argv[1:] if argv is None else argv)]
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
@@ -712,9 +715,12 @@ def main(argv: list[str] | None = None) -> int:
             done[(r["dataset"], r["seed"], r["variant"])] = r
     elif raw_path.exists():
         raw_path.unlink()
-    for d in datasets:  # write scenes and labels once, before any worker starts
+    if args.report_only and not args.resume:
+        parser.error("--report-only needs --resume (it reads the cached rows)")
+    for d in datasets if not args.report_only else ():  # scenes and labels, before any worker
         for s in range(seeds):
             prepare(d, s, cache, refresh=True)
+
     def wanted(s: int, v: str) -> bool:
         return s < (min(seeds, args.ablation_seeds) if v in ABLATIONS else seeds)
 
@@ -722,6 +728,11 @@ def main(argv: list[str] | None = None) -> int:
              if wanted(s, v) and (d, s, v) not in done]
     rows = [done[k] for k in done if k[0] in datasets and k[2] in variants and wanted(k[1], k[2])]
     n_reused = len(rows)
+    if args.report_only:
+        if tasks:
+            print(f"not run ({len(tasks)}): " + ", ".join(f"{d}/{v}/seed {s}"
+                                                       for d, s, v, _ in tasks))
+        tasks = []
     start = time.perf_counter()
     print(f"{len(tasks)} runs ({len(rows)} reused), {args.jobs} process(es)", flush=True)
 
