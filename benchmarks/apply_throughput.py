@@ -5,8 +5,9 @@ Input: a 10-band uint16 GeoTIFF tiled 512 x 512, DEFLATE, with Sentinel-2 band n
 window by window (never whole in memory). Variants, each in its own child process:
 
 - ``io``: the I/O limit of ``apply``: the same GDAL decode of every window (all bands, 2 reader
-  threads with a dataset each) and the encode of the same class map (``apply``'s own output,
-  held in memory beforehand) by one writer with ndgeo's creation options; no compute between;
+  threads with a dataset each, ndgeo's GDAL settings: a 256 MB block cache) and the encode of
+  the same class map (``apply``'s own output, held in memory beforehand) by one writer with
+  ndgeo's creation options; no compute between;
 - ``io-f32``: the same for ``index``'s float32 NDVI map (ZSTD-1, predictor 3);
 - ``rioxarray``: ``rioxarray.open_rasterio(chunks=..., lock=False)`` -> dask arithmetic (a
   fixed NIR/red ND threshold) -> ``rio.to_raster`` uint8 DEFLATE (dask.array.store): the
@@ -259,7 +260,10 @@ def _child_main(args: argparse.Namespace) -> None:
     warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
     start = time.perf_counter()
     if io_run is not None:
-        io_run(args.out)
+        from ndgeo.engine import DEFAULT_GDAL_ENV
+
+        with rasterio.Env(**DEFAULT_GDAL_ENV):  # the limit gets ndgeo's GDAL settings
+            io_run(args.out)
     elif variant == "apply":
         run_apply(args.src, args.out, args.chunk, args.model)
     elif variant == "apply-cuda":
@@ -303,10 +307,14 @@ def child(variant: str, src: str, out: str, chunk: int, model: str, ref: str = "
 
 def _input(workdir: str, size: int) -> str:
     src = os.path.join(workdir, f"input_{size}.tif")
+    part = src + ".part"
+    while (not os.path.exists(src) and os.path.exists(part)
+           and time.time() - os.path.getmtime(part) < 60):
+        time.sleep(5)  # another process is generating it
     if not os.path.exists(src):
         start = time.perf_counter()
-        make_input(src + ".part", size)
-        os.replace(src + ".part", src)
+        make_input(part, size)
+        os.replace(part, src)
         print(f"generated {src} ({os.path.getsize(src) / 2**20:.0f} MB) in "
               f"{time.perf_counter() - start:.0f} s", flush=True)
     return src

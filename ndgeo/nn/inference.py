@@ -14,6 +14,8 @@ No input check is made: NaN columns (masked pixels) give NaN columns and cost no
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 from torch import nn
@@ -160,7 +162,8 @@ def argmax_rows(scores: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(kernels.argmax_rows(scores.detach().numpy()))
 
 
-__all__ = ["BandMajorMLP", "BandMajorND", "argmax_rows", "band_major", "batches", "run_batched"]
+__all__ = ["BandMajorMLP", "BandMajorND", "argmax_rows", "band_major", "batches", "run_batched",
+           "run_pipelined", "DEVICE_BATCH"]
 
 
 @torch.no_grad()
@@ -203,3 +206,92 @@ def run_batched(fn, x: np.ndarray, batch_size: int, device: torch.device, *,
     if out is None:
         return np.zeros((0, 0), dtype=np.float32)
     return out
+
+
+#: Pixels per batch on a GPU at least (``--batch-size`` is the CPU's cache-sized unit): 2^20
+#: pixels of 10 float32 bands are 40 MB, with a 32-index layer and a 64-wide head ~0.5 GB.
+DEVICE_BATCH = 1 << 20
+
+_LOCAL = threading.local()
+
+
+def _thread_stream(device: torch.device):
+    """This thread's CUDA stream on ``device`` (one per engine thread: their copies and
+    kernels overlap instead of queueing on the default stream)."""
+    streams = _LOCAL.__dict__.setdefault("streams", {})
+    if device not in streams:
+        streams[device] = torch.cuda.Stream(device=device)
+    return streams[device]
+
+
+def _pinned(key: tuple, shape: tuple[int, ...], dtype: torch.dtype, pin: bool) -> torch.Tensor:
+    """A per-thread host buffer (page-locked for CUDA, so copies run asynchronously)."""
+    buffers = _LOCAL.__dict__.setdefault("buffers", {})
+    buf = buffers.get(key)
+    if buf is None or tuple(buf.shape) != shape or buf.dtype != dtype:
+        buf = buffers[key] = torch.empty(shape, dtype=dtype, pin_memory=pin)
+    return buf
+
+
+@torch.no_grad()
+def run_pipelined(fn, x: np.ndarray, batch_size: int, device: torch.device, *,
+                  depth: int = 2) -> np.ndarray:
+    """``fn`` over column batches of band-major ``x`` (C, N) on ``device``, pipelined.
+
+    Each batch is converted to float32 on the host into one of ``depth`` pinned buffers, sent
+    without blocking on this thread's CUDA stream, computed there, and its result copied back
+    without blocking into a pinned output buffer of the same slot; an event marks the end.
+    While the device works on batch ``i``, the host converts and enqueues batch ``i + 1``
+    (:func:`ndgeo.pipeline.run_pipeline`: at most ``depth`` batches in flight, results in
+    order). On the CPU the same steps run synchronously (what the tests exercise). ``fn``
+    returns ``(K, n)`` or ``(n,)``; results come back as one numpy array (float as float32).
+    """
+    from ndgeo.pipeline import run_pipeline
+
+    cuda = device.type == "cuda"
+    stream = _thread_stream(device) if cuda else None
+    n_bands, n = x.shape
+    parts = list(batches(n, batch_size))
+    out: list[np.ndarray | None] = [None]
+
+    def submit(slot: int, part: slice):
+        width = part.stop - part.start
+        # Flat buffers viewed as contiguous (C, width): a strided pinned tensor would be copied
+        # to pageable memory before an asynchronous transfer.
+        flat = _pinned(("in", slot), (n_bands * min(batch_size, n),), torch.float32, cuda)
+        host = flat[: n_bands * width].view(n_bands, width)
+        np.copyto(host.numpy(), x[:, part], casting="unsafe")  # uint16 -> float32 on the host
+        if not cuda:
+            return part, _to_numpy(fn(host)), None
+        with torch.cuda.stream(stream):
+            result = fn(host.to(device, non_blocking=True))
+            if result.is_floating_point():
+                result = result.float()
+            rows = result.shape[:-1]
+            size = int(np.prod(rows, dtype=np.int64))
+            back = _pinned(("out", slot), (size * min(batch_size, n),), result.dtype, True)
+            back = back[: size * width].view(*rows, width)
+            back.copy_(result, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(stream)
+        return part, back, event
+
+    def collect(handle) -> slice:
+        part, values, event = handle
+        if event is not None:
+            event.synchronize()  # releases the GIL: other engine threads decode meanwhile
+            values = values.numpy()
+        if out[0] is None:
+            out[0] = np.empty((*values.shape[:-1], n), dtype=values.dtype)
+        out[0][..., part] = values  # a copy: the slot's buffers are free again
+        return part
+
+    for _ in run_pipeline(parts, submit, collect, depth):
+        pass
+    return out[0] if out[0] is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def _to_numpy(result: torch.Tensor) -> np.ndarray:
+    if result.is_floating_point():
+        result = result.float()
+    return result.numpy().copy()

@@ -183,7 +183,7 @@ class ModelProcessor(Processor):
                     partial(kernels.forward, weights), partial(kernels.indices, weights), run)
         import torch
 
-        from ndgeo.nn.inference import argmax_rows, run_batched
+        from ndgeo.nn.inference import DEVICE_BATCH, argmax_rows, run_batched, run_pipelined
 
         device = resolve_device(self.device)
         if device.type == "cpu":
@@ -203,6 +203,9 @@ class ModelProcessor(Processor):
             return x.clamp_min(0) if self.clip_negative else x
 
         def run_torch(fn) -> np.ndarray:
+            if device.type == "cuda":  # overlapped copies and compute, device-sized batches
+                return run_pipelined(lambda b: fn(prepared(b)), pixels,
+                                     max(self.batch_size, DEVICE_BATCH), device)
             return run_batched(lambda b: fn(prepared(b)), pixels, self.batch_size, device,
                                axis=1)
 
