@@ -221,7 +221,7 @@ def test_no_temporary_or_half_files_are_left(tmp_path):
     # A destination that cannot be replaced fails the run without leaving temp files.
     (tmp_path / "truth.json").unlink()
     (tmp_path / "truth.json").mkdir()
-    with pytest.raises(OSError):
+    with pytest.raises(NdgeoError, match="cannot write .*truth.json"):
         make_sample(tmp_path, size=64, overwrite=True)
     assert {p.name for p in tmp_path.iterdir()} == OUTPUTS
 

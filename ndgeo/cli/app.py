@@ -67,8 +67,12 @@ class _Group(TyperGroup):
             ctx.exit(2)
         except KeyboardInterrupt as exc:
             terminated = isinstance(exc, Terminated)
+            from ndgeo.io.writer import PUBLISHED
+
+            written = (f"only {', '.join(str(p) for p in PUBLISHED)} had been written (complete)"
+                       if PUBLISHED else "no output was written")
             err_console.print(f"[bold red]{'terminated' if terminated else 'interrupted'}[/]: "
-                              "no output was written")
+                              f"{written}", highlight=False)
             ctx.exit(128 + exc.signum if terminated else 130)
 
 

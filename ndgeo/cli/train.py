@@ -227,7 +227,8 @@ def _keep_interrupted(exc: KeyboardInterrupt, out: Path, config: TrainConfig,
     partial = getattr(exc, "partial", None)
     if partial is None:
         return
-    code, word = (143, "terminated") if isinstance(exc, Terminated) else (130, "interrupted")
+    code, word = ((128 + exc.signum, "terminated") if isinstance(exc, Terminated)
+                  else (130, "interrupted"))
     model, fit_config, pixels, refitting = partial
     if fit_config.model != config.model:
         err_console.print(f"[bold red]{word}[/] while training the {fit_config.model} "

@@ -500,6 +500,12 @@ def _raster_label_tiles(src, labels_path: Path):
     """(window, codes) per image tile from a class raster, warped onto the image grid if needed,
     and the class names of its values from a ``CLASSES`` tag (JSON ``{"1": "crop", ...}``)."""
     lab = open_dataset(labels_path, what="label raster")
+    if lab.count != 1:
+        count = lab.count
+        lab.close()
+        raise NdgeoError(f"label raster {_base(labels_path)} has {count} bands; a class raster "
+                         "has one band of class values (the image comes first: ndgeo train "
+                         "IMAGE LABELS)")
     notes: list[str] = []
     same_grid = (lab.transform == src.transform and lab.shape == src.shape)
     if src.crs is None or lab.crs is None:
@@ -712,6 +718,10 @@ def _check_overlap(bounds, src, labels_path: Path) -> None:
 # -- merging scenes --------------------------------------------------------------------------
 
 
+#: More distinct label values than this is a mistake (a continuous raster or field as labels).
+MAX_CLASSES = 1000
+
+
 def _merge(scenes: list[_Scene], images: list[Path], *, classes, class_names, max_pixels,
            min_class_pixels, class_table=None) -> TrainingPixels:
     table = list(class_table or [])
@@ -738,6 +748,10 @@ def _merge(scenes: list[_Scene], images: list[Path], *, classes, class_names, ma
                 entry[1] = s.value_colors.get(value)
         names.append(m)
     all_names = sorted(found, key=_name_order)
+    if len(all_names) > MAX_CLASSES:
+        raise NdgeoError(f"the labels hold {len(all_names)} distinct classes (more than "
+                         f"{MAX_CLASSES}): labels must be class values, not measurements; check "
+                         "the label file and --label-field")
     info: list[ClassInfo] = []
     if classes is not None:
         class_list = [str(c) for c in classes]

@@ -98,6 +98,11 @@ _GTIFF_FALLBACK: dict[str, tuple[str, tuple[str, ...]]] = {
     "PROFILE": ("string-select", ("GDALGEOTIFF", "GEOTIFF", "BASELINE")),
 }
 _BOOLEAN = {"YES", "NO", "TRUE", "FALSE", "ON", "OFF", "1", "0"}
+#: Ranges GDAL's GTiff option list states only in words (its driver documentation): a value
+#: outside them is ignored with a warning, so it is refused here.
+_GTIFF_RANGES = {"ZLEVEL": (1, 12), "ZSTD_LEVEL": (1, 22), "LZMA_PRESET": (0, 9),
+                 "JPEG_QUALITY": (1, 100), "WEBP_LEVEL": (1, 100), "PREDICTOR": (1, 3),
+                 "BLOCKXSIZE": (16, 65536), "BLOCKYSIZE": (16, 65536), "NBITS": (1, 32)}
 _INTEGER = re.compile(r"\s*[+-]?\d+\s*")
 
 
@@ -167,6 +172,13 @@ def check_creation_options(options: Mapping[str, str], driver: str = "GTiff") ->
             raise NdgeoError(f"--co {key}={value}: {key} must be an integer")
         if kind == "unsigned int" and int(text) < 0:
             raise NdgeoError(f"--co {key}={value}: {key} must be >= 0")
+        if driver.upper() == "GTIFF" and _INTEGER.fullmatch(text):
+            number, (low, high) = int(text), _GTIFF_RANGES.get(key.upper(), (None, None))
+            if low is not None and not low <= number <= high:
+                raise NdgeoError(f"--co {key}={value}: {key} must be {low}..{high} (GDAL would "
+                                 "ignore it)")
+            if key.upper() in ("BLOCKXSIZE", "BLOCKYSIZE") and number % 16:
+                raise NdgeoError(f"--co {key}={value}: {key} must be a multiple of 16")
         if kind == "float":
             try:
                 float(text)
@@ -295,22 +307,26 @@ def publish(tmp: str | os.PathLike, target: str | os.PathLike, *, overwrite: boo
     try:
         if overwrite:
             os.replace(tmp, target)
-            return
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            raise NdgeoError(f"output {target} exists (written by another run meanwhile); "
-                             "use --overwrite") from None
-        except OSError:  # file systems without hard links: check, then rename
-            if target.exists():
-                raise NdgeoError(f"output {target} exists; use --overwrite") from None
-            os.replace(tmp, target)
-            return
-        tmp.unlink()
+        else:
+            try:
+                os.link(tmp, target)
+                tmp.unlink()
+            except FileExistsError:
+                raise NdgeoError(f"output {target} exists (written by another run meanwhile); "
+                                 "use --overwrite") from None
+            except OSError:  # file systems without hard links: check, then rename
+                if target.exists():
+                    raise NdgeoError(f"output {target} exists; use --overwrite") from None
+                os.replace(tmp, target)
     except NdgeoError:
         raise
     except OSError as exc:  # a name too long, a target made read-only meanwhile, ...
         raise write_error(target, exc) from exc
+    PUBLISHED.append(target)
+
+
+#: Every output this process has published, in order (an interrupted command says which).
+PUBLISHED: list[Path] = []
 
 
 @contextmanager
