@@ -255,6 +255,8 @@ def test_an_existing_report_needs_overwrite(sample_scene, tmp_path):
     (["--co", "BLOCKXSIZE=abc"], "BLOCKXSIZE must be an integer"),
     (["--co", "COMPRESS=NOPE"], "COMPRESS must be one of"),
     (["--co", "NO_SUCH_OPTION=1"], "no creation option"),
+    (["--co", "ZLEVEL=99"], "ZLEVEL must be 1..12"),
+    (["--co", "BLOCKXSIZE=100"], "multiple of 16"),
     (["--config", "GDAL_CACHEMAX=abc"], "GDAL_CACHEMAX must be"),
     (["--config", "GDAL_NUM_THREADS=lots"], "GDAL_NUM_THREADS must be"),
     (["--scheduler", "not-a-url"], "tcp://"),
@@ -432,6 +434,26 @@ def test_csv_points_are_refused_naming_the_supported_formats(sample_scene, tmp_p
     result = ndgeo("-q", "train", sample_scene.image, labels, "-o", tmp_path / "m.safetensors",
                    "--epochs", "1", "--no-report")
     one_error_line(result, "csv", "GeoPackage", "ogr2ogr")
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize("labels", ["image", "continuous"])
+def test_labels_that_are_not_classes_are_refused_quickly(labels, sample_scene, tmp_path):
+    if labels == "image":  # IMAGE LABELS given as IMAGE IMAGE
+        path, fragment = sample_scene.image, "has 10 bands"
+    else:  # a continuous raster (e.g. a DEM) as labels
+        with rasterio.open(sample_scene.labels_raster) as src:
+            profile = dict(src.profile, dtype="float32", nodata=None)
+        path, fragment = tmp_path / "dem.tif", "distinct classes"
+        with rasterio.open(path, "w", **profile) as dst:
+            values = np.random.default_rng(0).uniform(0, 5000, (profile["height"],
+                                                                  profile["width"]))
+            dst.write(values.astype("float32"), 1)
+    start = time.monotonic()
+    result = ndgeo("-q", "train", sample_scene.image, path, "-o", tmp_path / "m.safetensors",
+                   "--epochs", "1", "--no-report")
+    one_error_line(result, fragment)
+    assert time.monotonic() - start < 60
     assert not (tmp_path / "m.safetensors").exists()
 
 
