@@ -97,16 +97,17 @@ class NdgeoAccessor:
     def denoise(
         self, denoiser: str | os.PathLike, *, band_names: Sequence[str] | None = None,
         sensor: str | None = None, nodata: float | None = None, dtype: str = "float32",
-        device: str = "auto",
+        device: str = "auto", backbone: str | None = None,
     ) -> xr.DataArray:
         """``ndgeo denoise apply``: the scene statistics are computed now (one dask pass over
-        the array, as the command does before its run); the denoising itself stays lazy."""
+        the array, as the command does before its run); the denoising itself stays lazy.
+        ``backbone`` names the ``module:Class`` of a user-backbone file, as ``--backbone``."""
         from ndgeo import stats
         from ndgeo.processors.denoise import denoise_processor
 
         info = self._info(band_names, sensor, nodata)
         processor, positions, _ = denoise_processor(denoiser, info, out_dtype=dtype,
-                                                    device=device)
+                                                    device=device, backbone=backbone)
         source = self._data.isel(band=list(positions))
         array = source.data if isinstance(source.data, da.Array) else da.from_array(
             source.values, chunks=(-1, 1024, 1024))

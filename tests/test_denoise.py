@@ -448,6 +448,17 @@ def test_user_backbone_round_trip_through_the_cli(scene, user_denoisers, tmp_pat
                  "--json", "--backbone", LOCAL)
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["backbone"] == LOCAL
+    # The xarray accessor takes the same backbone name and gives the command's values.
+    import rioxarray
+
+    import ndgeo.accessor  # noqa: F401  (registers DataArray.ndgeo)
+
+    array = rioxarray.open_rasterio(scene["tiled"], chunks={"x": 32, "y": 32})
+    lazy = array.ndgeo.denoise(path, dtype="float32", backbone=LOCAL)
+    np.testing.assert_allclose(lazy.values[:, valid], tiled[:, valid],
+                               atol=1e-4 * meta["data_range"])
+    with pytest.raises(NdgeoError, match="backbone"):
+        array.ndgeo.denoise(path, dtype="float32")
 
 
 def test_user_backbone_file_is_refused_unless_the_class_is_named_again(scene, user_denoisers,
