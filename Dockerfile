@@ -1,6 +1,6 @@
 # ndgeo with the CPU build of torch. Build: docker build -t ndgeo .
 # Run the demo:  docker run --rm ndgeo demo
-# Your data:     docker run --rm -v "$PWD:/data" -w /data ndgeo apply model.ndgeo scene.tif -o out.tif
+# Your data:     docker run --rm -v "$PWD:/data" -w /data ndgeo apply model.safetensors scene.tif -o out.tif
 FROM python:3.11-slim
 
 ENV PIP_NO_CACHE_DIR=1 \
