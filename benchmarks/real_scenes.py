@@ -26,7 +26,9 @@ rasters are disjoint, and ndgeo never sees a test pixel while training):
   ndgeo's own blocked ``split_pixels`` (32 px blocks, 30% test).
 
 Models: ND variants (``ndgeo train`` defaults; ``--head linear``; ``--max-bands 1/2/3``;
-``--augment``; ``--schedule plateau --head linear --indices 8`` = the defaults before issue 10),
+``--augment``; ``--schedule plateau --head linear --indices 8`` = the defaults before issue 10;
+the per-band noise candidates ``--noise-penalty 0.001 / 0.01`` and ``--noise-penalty 1e-5
+--noise-penalty-on loss``; a deeper head ``--head-hidden 64,32``),
 MLP baselines ``--model mlp --mlp-hidden 16 / 32 / 64,32 / 128,64`` (same recipe, standardised
 input) and a RandomForest of 200 trees on the raw values.
 
@@ -116,6 +118,7 @@ VARIANTS = {
     "ND --max-bands 3": ("nd", ["--max-bands", "3", "--no-budget-table"]),
     "ND --augment": ("nd", ["--augment"]),
     "ND old defaults": ("nd", ["--schedule", "plateau", "--head", "linear", "--indices", "8"]),
+    "ND --head-hidden 64,32": ("nd", ["--head-hidden", "64,32"]),
     "ND --noise-penalty 0.001": ("nd", ["--noise-penalty", "0.001"]),
     "ND --noise-penalty 0.01": ("nd", ["--noise-penalty", "0.01"]),
     "ND --noise-penalty-on loss 1e-5": ("nd", ["--noise-penalty", "1e-5",
@@ -606,7 +609,9 @@ def markdown(rows: list[dict], agg: dict, datasets, variants, argv, seconds: flo
         "",
         "ND variants: default = `ndgeo train` defaults (32 indices, BatchNorm, MLP head 64, "
         "cosine schedule, refit); old defaults = `--schedule plateau --head linear --indices 8` "
-        "(the recipe before issue 10). MLPs: `--model mlp --mlp-hidden W`, same recipe.",
+        "(the recipe before issue 10); `--noise-penalty W` = the per-band noise candidates "
+        "(issue 10.4, table at the end); `--head-hidden 64,32` = a deeper head. MLPs: "
+        "`--model mlp --mlp-hidden W`, same recipe.",
         "",
         "Caveats: `l8` is saturated (every model scores 99-100%), so it cannot rank models, and "
         "its goal check only says that a 179-parameter MLP is enough there. In `ip_block` only "
