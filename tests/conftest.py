@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -130,9 +133,23 @@ def kill_mid_write(proc, directory: Path, out_name: str, *, timeout: float) -> N
     assert proc.returncode == -signal.SIGKILL
 
 
+@contextmanager
+def serve_folder(folder: str | Path):
+    """Base URL of a loopback HTTP server with Range support over ``folder``, in its own
+    process (tests/range_server.py), stopped on exit."""
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("range_server.py")),
+                             str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def helpers():
     """The helpers above, for test modules (conftest is not imported by name)."""
     return SimpleNamespace(read=read_scene, expected=expected_outputs,
                            rounding_bound=rounding_bound, float32_slack=FLOAT32_SLACK,
-                           kill_mid_write=kill_mid_write)
+                           kill_mid_write=kill_mid_write, serve_folder=serve_folder)

@@ -3,10 +3,6 @@ server on 127.0.0.1 reads like the local file, through ``/vsicurl/`` and plain `
 
 from __future__ import annotations
 
-import http.server
-import os
-import re
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,54 +17,12 @@ from ndgeo.cli import app
 runner = CliRunner()
 
 
-class _RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves files with HTTP Range support (``http.server`` alone ignores ``Range``)."""
-
-    def log_message(self, *args) -> None:  # quiet test output
-        pass
-
-    def send_head(self):
-        path = Path(self.translate_path(self.path))
-        if not path.is_file():
-            self.send_error(404)
-            return None
-        size = path.stat().st_size
-        match = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
-        start, end = (0, size - 1) if not match else (
-            int(match.group(1)), int(match.group(2) or size - 1))
-        end = min(end, size - 1)
-        self.send_response(206 if match else 200)
-        self.send_header("Content-Type", "image/tiff")
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(end - start + 1))
-        if match:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self.end_headers()
-        f = path.open("rb")
-        f.seek(start)
-        self._remaining = end - start + 1
-        return f
-
-    def copyfile(self, source, outputfile) -> None:
-        outputfile.write(source.read(self._remaining))
-
-
 @pytest.fixture(scope="module")
-def served(sample_scene):
+def served(sample_scene, helpers):
     """(base URL, folder) of a loopback HTTP server over the sample scene's folder."""
     folder = Path(sample_scene.image).parent
-
-    def handler(*args, **kwargs):
-        return _RangeHandler(*args, directory=str(folder), **kwargs)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    os.environ["GDAL_DISABLE_READDIR_ON_OPEN"] = "EMPTY_DIR"
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", folder
-    finally:
-        server.shutdown()
+    with helpers.serve_folder(folder) as base:
+        yield base, folder
 
 
 def _read(path):

@@ -86,24 +86,10 @@ def test_bad_grid_is_one_line(sample_scene, nd_model, tmp_path):
     assert len(result.output.strip().splitlines()) == 1
 
 
-def test_item_over_http_equals_local(sample_scene, tmp_path):
-    import http.server
-    import threading
-
-    from test_remote import _RangeHandler
-
+def test_item_over_http_equals_local(sample_scene, tmp_path, helpers):
     item, expected = _item(sample_scene, tmp_path)
-
-    def handler(*args, **kwargs):
-        return _RangeHandler(*args, directory=str(tmp_path), **kwargs)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/item.json"
-        info = open_raster(url)
+    with helpers.serve_folder(tmp_path) as base:
+        info = open_raster(f"{base}/item.json")
         assert "/vsicurl/http://127.0.0.1" in info.path
         with rasterio.open(info.path) as src:
             np.testing.assert_array_equal(src.read(), expected)
-    finally:
-        server.shutdown()
