@@ -32,7 +32,8 @@ with vfork + exec inherits the parent's high-water mark.
 
 Usage: ``python benchmarks/apply_throughput.py [--sizes 8192,16384] [--repeats 2]
 [--device cuda]``; writes benchmarks/results/apply_throughput.md (``--out-md``). ``--profile``
-prints a per-stage breakdown of ``apply`` and ``index`` on windows of the input instead.
+prints a per-stage breakdown of ``apply`` and ``index`` on windows of the input instead;
+``--startup-against CHECKOUT`` compares start-up with older code checked out there.
 """
 
 from __future__ import annotations
@@ -351,7 +352,10 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 def _wall(cmd: list[str], env: dict | None = None) -> float:
     start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    # Not in the repository: ``python -m`` puts the working directory first on sys.path, which
+    # would shadow a baseline checkout given on PYTHONPATH.
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                          cwd=tempfile.gettempdir())
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed: {done.stderr[-2000:]}")
     return time.perf_counter() - start
@@ -379,6 +383,32 @@ def startup(model: str, workdir: str, repeats: int = 5) -> list[list]:
         rows.append([label, min(_wall(cmd) for _ in range(repeats))])
     for r in rows:
         print(f"  start-up {r[1]:5.2f} s  {r[0]}", flush=True)
+    return rows
+
+
+def startup_against(model: str, workdir: str, baseline: str, repeats: int = 7) -> list[list]:
+    """Start-up of this tree against ``baseline`` (a checkout of older code, put first on
+    PYTHONPATH), interleaved, best of ``repeats`` fresh processes each."""
+    out = os.path.join(workdir, "startup.tif")
+    commands = {
+        "`ndgeo -q apply MODEL sample.tif -o out.tif`":
+            ["-q", "apply", model, str(SAMPLE), "-o", out, "--overwrite"],
+        "`ndgeo -q index sample.tif -o out.tif --name NDVI`":
+            ["-q", "index", str(SAMPLE), "-o", out, "--name", "NDVI", "--overwrite"],
+        "`ndgeo --help`": ["--help"],
+    }
+    envs = {"this code": dict(os.environ),
+            "baseline": {**os.environ, "PYTHONPATH": os.path.abspath(baseline)}}
+    best: dict = {}
+    for _ in range(repeats):
+        for label, argv in commands.items():
+            for name, env in envs.items():
+                sec = _wall([sys.executable, "-m", "ndgeo", *argv], env)
+                best[label, name] = min(best.get((label, name), sec), sec)
+    rows = [[label, f"{best[label, 'baseline']:.2f}", f"{best[label, 'this code']:.2f}",
+             f"{best[label, 'this code'] / best[label, 'baseline']:.2f}"] for label in commands]
+    for r in rows:
+        print("  " + " | ".join(r), flush=True)
     return rows
 
 
@@ -466,6 +496,10 @@ def main() -> None:
     parser.add_argument("--out-md", type=Path,
                         default=ROOT / "benchmarks/results/apply_throughput.md")
     parser.add_argument("--profile", action="store_true", help="per-stage breakdown only")
+    parser.add_argument("--startup-against", metavar="CHECKOUT",
+                        help="only compare start-up with older code checked out at CHECKOUT "
+                             "(e.g. git worktree add --detach /tmp/old REV); its table is "
+                             "appended to --out-md")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--src", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -485,6 +519,22 @@ def main() -> None:
     model = os.path.join(args.workdir, "nd16.safetensors")
     if not os.path.exists(model):
         make_model(_input(args.workdir, sizes[0]), model)
+    if args.startup_against:
+        rows = startup_against(model, args.workdir, args.startup_against)
+        rev = subprocess.run(["git", "-C", args.startup_against, "log", "-1", "--format=%h %s"],
+                             capture_output=True, text=True).stdout.strip()[:80]
+        text = args.out_md.read_text(encoding="utf-8") if args.out_md.exists() else ""
+        text = text.split("\n## Start-up against older code")[0].rstrip("\n") + "\n"
+        text += "\n".join([
+            "", "## Start-up against older code", "",
+            f"`python benchmarks/apply_throughput.py --startup-against CHECKOUT` "
+            f"({datetime.date.today().isoformat()}, load average {os.getloadavg()[0]:.1f}): "
+            f"whole commands on the 256 px sample, best of 7 fresh processes each, interleaved; "
+            f"baseline `{rev}`.", "",
+            _table(["command", "baseline s", "this code s", "ratio"], rows), ""])
+        args.out_md.write_text(text, encoding="utf-8")
+        print(f"wrote {args.out_md}")
+        return
     if args.profile:
         profile(_input(args.workdir, sizes[0]), model, args.chunk, args.device)
         return
