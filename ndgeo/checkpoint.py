@@ -49,6 +49,17 @@ METADATA_KEY = "ndgeo"
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header size
 
 
+#: Endings of raster files: a model file given one of them would pass for a raster.
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2", ".png", ".jpg", ".nc")
+
+
+def check_model_name(path: str | os.PathLike) -> None:
+    """Refuse a model file name that ends like a raster (``-o scene.tif`` for a model)."""
+    if Path(path).suffix.lower() in RASTER_SUFFIXES:
+        raise NdgeoError(f"model file {path} ends in {Path(path).suffix}, as rasters do; name "
+                         "it .safetensors (e.g. -o model.safetensors)")
+
+
 def save_model(
     path: str | os.PathLike, model: nn.Module, metadata: dict[str, Any], *,
     overwrite: bool = True,
@@ -61,6 +72,7 @@ def save_model(
     """
     from safetensors.torch import save_file
 
+    check_model_name(path)
     if not callable(getattr(model, "config", None)):
         raise NdgeoError(f"{type(model).__name__} has no config(); only ndgeo models can be saved")
     config = model.config()

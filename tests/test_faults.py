@@ -239,6 +239,17 @@ def test_an_output_that_is_an_input_is_refused_whatever_the_flags(sample_scene, 
     assert not (tmp_path / "m.safetensors").exists()
 
 
+@pytest.mark.parametrize("command", ["train", "denoise"])
+def test_a_model_named_like_a_raster_is_refused_before_training(command, sample_scene,
+                                                                tmp_path):
+    out = tmp_path / "model.tif"
+    args = (["train", sample_scene.image, sample_scene.labels_raster, "-o", out, "--epochs",
+             "1", "--no-report"] if command == "train" else
+            ["denoise", "train", sample_scene.image, "-o", out, "--sigma", "2%", "--steps", "1"])
+    one_error_line(ndgeo("-q", *args), ".safetensors")
+    assert os.listdir(tmp_path) == []
+
+
 def test_an_existing_report_needs_overwrite(sample_scene, tmp_path):
     report = tmp_path / "r.png"
     report.write_bytes(b"keep")

@@ -45,7 +45,7 @@ def denoise_train(
     device: str = opt.DEVICE,
 ) -> None:
     """Train a denoiser on clean patches with synthetic Gaussian noise."""
-    from ndgeo.checkpoint import save_model
+    from ndgeo.checkpoint import check_model_name, save_model
     from ndgeo.io.raster import open_raster
     from ndgeo.io.writer import check_output
     from ndgeo.training.denoiser import train_denoiser
@@ -55,6 +55,7 @@ def denoise_train(
              f"{', '.join(given(ctx, 'wne', 'pooling'))} ignored")
     if not wne and given(ctx, "pooling"):
         raise NdgeoError("--pooling sets the WNE statistics; with --no-wne there are none")
+    check_model_name(out)
     check_output(out, overwrite=overwrite, inputs=images)
     infos = [open_raster(p, bands=parse_list(bands), sensor=sensor, nodata=nodata) for p in images]
     args = parse_backbone_args(backbone_args)

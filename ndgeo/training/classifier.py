@@ -541,12 +541,13 @@ def train(
     ``compare`` the MLP baseline, with ``budgets`` ND models of other band budgets, on the same
     split; only the first model is saved), the model file at ``out_path`` and a PNG
     report at ``report_path`` (None: none). The CLI, ``ndgeo demo`` and tests call this."""
-    from ndgeo.checkpoint import save_model
+    from ndgeo.checkpoint import check_model_name, save_model
     from ndgeo.io.labels import load_many
 
     config = config or TrainConfig()
     say = log or (lambda _msg: None)
     inputs = [path for pair in scenes for path in pair]  # never an output, whatever the flags
+    check_model_name(out_path)
     out_path = Path(check_output(out_path, overwrite=overwrite, inputs=inputs))
     if report_path is not None:
         report_path = Path(check_output(report_path, overwrite=overwrite, inputs=inputs))
