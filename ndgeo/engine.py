@@ -387,7 +387,7 @@ def _client_within(address: str, timeout: float) -> Any:
                          "dask scheduler listening there? raise --timeout for a slow one)")
     error = box.get("error")
     if isinstance(error, OSError | TimeoutError):
-        raise NdgeoError(f"cannot connect to dask scheduler {address} within {timeout:g} s: "
+        raise NdgeoError(f"dask scheduler {address} cannot be reached within {timeout:g} s: "
                          f"{error}") from error
     if error is not None:
         raise error
