@@ -28,7 +28,7 @@ rasters are disjoint, and ndgeo never sees a test pixel while training):
 Models: ND variants (``ndgeo train`` defaults; ``--head linear``; ``--max-bands 1/2/3``;
 ``--augment``; ``--schedule plateau --head linear --indices 8`` = the defaults before issue 10;
 the per-band noise candidates ``--noise-penalty 0.001 / 0.01`` and ``--noise-penalty 1e-5
---noise-penalty-on loss``; a deeper head ``--head-hidden 64,32``),
+--noise-penalty-on loss``; a deeper head ``--head-hidden 64,32`` (named 64-32)),
 MLP baselines ``--model mlp --mlp-hidden 16 / 32 / 64,32 / 128,64`` (same recipe, standardised
 input) and a RandomForest of 200 trees on the raw values.
 
@@ -118,7 +118,7 @@ VARIANTS = {
     "ND --max-bands 3": ("nd", ["--max-bands", "3", "--no-budget-table"]),
     "ND --augment": ("nd", ["--augment"]),
     "ND old defaults": ("nd", ["--schedule", "plateau", "--head", "linear", "--indices", "8"]),
-    "ND --head-hidden 64,32": ("nd", ["--head-hidden", "64,32"]),
+    "ND --head-hidden 64-32": ("nd", ["--head-hidden", "64,32"]),
     "ND --noise-penalty 0.001": ("nd", ["--noise-penalty", "0.001"]),
     "ND --noise-penalty 0.01": ("nd", ["--noise-penalty", "0.01"]),
     "ND --noise-penalty-on loss 1e-5": ("nd", ["--noise-penalty", "1e-5",
