@@ -184,24 +184,11 @@ def blocked(y, rows, cols, block: int, frac: float, rng) -> tuple[np.ndarray, np
     """Greedy whole-block hold-out (the rule of ndgeo's ``split_pixels("block")``): blocks in
     random order, kept when they bring the per-class test counts closer to ``frac``, never
     taking a class's last training pixels."""
-    n_classes = int(y.max()) + 1
+    from ndgeo.training.classifier import hold_out_blocks
+
     _, b = np.unique(np.stack([rows // block, cols // block], 1), axis=0, return_inverse=True)
-    b = b.ravel()
-    counts = np.zeros((b.max() + 1, n_classes), np.int64)
-    np.add.at(counts, (b, y), 1)
-    target = frac * counts.sum(0)
-    scale = np.maximum(target, 1.0)
-    held = np.zeros(len(counts), bool)
-    test_counts, train_counts = np.zeros(n_classes), counts.sum(0)
-    for i in rng.permutation(len(counts)):
-        c = counts[i]
-        gain = (np.abs(test_counts - target) - np.abs(test_counts + c - target)) / scale
-        if gain.sum() <= 0 or np.any((c > 0) & (train_counts - c <= 0)):
-            continue
-        held[i] = True
-        test_counts += c
-        train_counts = train_counts - c
-    return np.flatnonzero(~held[b]), np.flatnonzero(held[b])
+    held = hold_out_blocks(b.ravel(), y, int(y.max()) + 1, frac, rng)
+    return np.flatnonzero(~held), np.flatnonzero(held)
 
 
 def write_image(path: Path, cube: np.ndarray, descriptions, *, crs, transform, tags=None):

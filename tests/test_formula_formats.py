@@ -17,6 +17,7 @@ import pytest
 import rasterio
 import rasterio.shutil
 import torch
+from test_newuser import readme_session  # the README block reader both README tests use
 from typer.testing import CliRunner
 
 from ndgeo.checkpoint import save_model
@@ -312,24 +313,11 @@ def test_qgis_folds_scale_and_clips_with_offset(nd_model, sample_scene, tmp_path
 # The README's examples, as printed
 
 
-def _readme_block(marker: str) -> list[tuple[str, list[str]]]:
-    """(command, expected output lines) of the first ``text`` block after ``marker``."""
-    text = (REPO / "README.md").read_text()
-    block = text[text.index(marker):].split("```text\n", 1)[1].split("```", 1)[0]
-    session: list[tuple[str, list[str]]] = []
-    for line in block.splitlines():
-        if line.startswith("$ "):
-            session.append((line[2:], []))
-        else:
-            session[-1][1].append(line)
-    return session
-
-
 def test_readme_gis_formats_example_is_reproducible_as_printed(tmp_path, monkeypatch):
     (tmp_path / "sample_data").symlink_to(REPO / "sample_data")
     monkeypatch.chdir(tmp_path)
-    train = _readme_block("### `ndgeo formula MODEL")[0][0]
-    session = _readme_block("**Where GIS users compute them")
+    train = readme_session("### `ndgeo formula MODEL")[0][0]
+    session = readme_session("**Where GIS users compute them")
     assert [shlex.split(c)[4] for c, _ in session] == ["vrt", "qgis", "gee"]
     for command, expected in [(train, None), *session]:
         result = runner.invoke(app, shlex.split(command)[1:])

@@ -40,6 +40,29 @@ from ndgeo.training.metrics import (
 )
 
 
+def hold_out_blocks(block: np.ndarray, y: np.ndarray, n_classes: int, fraction: float,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Which pixels a whole-block hold-out takes (bool per pixel): blocks (ids ``block``) in
+    random order, each kept when it brings the per-class held counts closer to ``fraction`` of
+    each class (relative L1 distance), never taking a class's last remaining pixels."""
+    counts = np.zeros((block.max() + 1, n_classes), dtype=np.int64)
+    np.add.at(counts, (block, y), 1)
+    target = fraction * counts.sum(axis=0)
+    scale = np.maximum(target, 1.0)
+    held = np.zeros(len(counts), dtype=bool)
+    held_counts = np.zeros(n_classes)
+    kept_counts = counts.sum(axis=0)
+    for b in rng.permutation(len(counts)):
+        c = counts[b]
+        gain = (np.abs(held_counts - target) - np.abs(held_counts + c - target)) / scale
+        if gain.sum() <= 0 or np.any((c > 0) & (kept_counts - c <= 0)):
+            continue
+        held[b] = True
+        held_counts += c
+        kept_counts = kept_counts - c
+    return held[block]
+
+
 def split_pixels(
     pixels: TrainingPixels,
     mode: str = "block",
@@ -76,22 +99,7 @@ def split_pixels(
         keys = np.stack([pixels.scene, pixels.rows // block_size, pixels.cols // block_size], 1)
         _, block = np.unique(keys, axis=0, return_inverse=True)
         block = block.ravel()
-        counts = np.zeros((block.max() + 1, n_classes), dtype=np.int64)
-        np.add.at(counts, (block, y), 1)
-        target = val_fraction * counts.sum(axis=0)
-        scale = np.maximum(target, 1.0)
-        in_val = np.zeros(len(counts), dtype=bool)
-        val_counts = np.zeros(n_classes)
-        train_counts = counts.sum(axis=0)
-        for b in rng.permutation(len(counts)):
-            c = counts[b]
-            gain = (np.abs(val_counts - target) - np.abs(val_counts + c - target)) / scale
-            if gain.sum() <= 0 or np.any((c > 0) & (train_counts - c <= 0)):
-                continue
-            in_val[b] = True
-            val_counts += c
-            train_counts = train_counts - c
-        val = in_val[block]
+        val = hold_out_blocks(block, y, n_classes, val_fraction, rng)
     else:
         raise NdgeoError(f"split mode must be 'block' or 'random', got {mode!r}")
     train_idx, val_idx = np.flatnonzero(~val), np.flatnonzero(val)
