@@ -464,6 +464,7 @@ def test_user_backbone_round_trip_through_the_cli(scene, user_denoisers, tmp_pat
 def test_user_backbone_file_is_refused_unless_the_class_is_named_again(scene, user_denoisers,
                                                                        tmp_path):
     path, out = user_denoisers[LOCAL], tmp_path / "out.tif"
+    model = tmp_path / "model.safetensors"  # denoise train's output (never written here)
     info = open_raster(scene["tiled"])
     classifier = tmp_path / "classifier.safetensors"
     save_model(classifier, NDClassifier(info.count, 2, n_indices=2), {
@@ -480,11 +481,11 @@ def test_user_backbone_file_is_refused_unless_the_class_is_named_again(scene, us
         (("denoise", "apply", user_denoisers[GLOBAL], scene["tiled"], "-o", out, "--backbone",
           LOCAL), f"(not {LOCAL})"),
         (("apply", classifier, scene["tiled"], "-o", out, "--backbone", LOCAL), "give --denoise"),
-        (("denoise", "train", scene["tiled"], "-o", out, "--sigma", "2%", "--backbone",
+        (("denoise", "train", scene["tiled"], "-o", model, "--sigma", "2%", "--backbone",
           "user_backbones:Missing"), "has no 'Missing'"),
-        (("denoise", "train", scene["tiled"], "-o", out, "--sigma", "2%", "--backbone",
+        (("denoise", "train", scene["tiled"], "-o", model, "--sigma", "2%", "--backbone",
           "no_such_module_x:Net"), "cannot import"),
-        (("denoise", "train", scene["tiled"], "-o", out, "--sigma", "2%", "--backbone", LOCAL,
+        (("denoise", "train", scene["tiled"], "-o", model, "--sigma", "2%", "--backbone", LOCAL,
           "--backbone-args", "[1]"), "JSON object"),
     ]
     for args, message in cases:

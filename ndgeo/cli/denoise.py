@@ -55,8 +55,8 @@ def denoise_train(
              f"{', '.join(given(ctx, 'wne', 'pooling'))} ignored")
     if not wne and given(ctx, "pooling"):
         raise NdgeoError("--pooling sets the WNE statistics; with --no-wne there are none")
-    check_model_name(out)
     check_output(out, overwrite=overwrite, inputs=images)
+    check_model_name(out)
     infos = [open_raster(p, bands=parse_list(bands), sensor=sensor, nodata=nodata) for p in images]
     args = parse_backbone_args(backbone_args)
     config = DenoiseConfig(

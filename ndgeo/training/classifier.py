@@ -555,8 +555,8 @@ def train(
     config = config or TrainConfig()
     say = log or (lambda _msg: None)
     inputs = [path for pair in scenes for path in pair]  # never an output, whatever the flags
-    check_model_name(out_path)
     out_path = Path(check_output(out_path, overwrite=overwrite, inputs=inputs))
+    check_model_name(out_path)
     if report_path is not None:
         report_path = Path(check_output(report_path, overwrite=overwrite, inputs=inputs))
     pixels = load_many(list(scenes), seed=config.seed, **label_options)
