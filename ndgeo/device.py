@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from ndgeo.errors import NdgeoError
@@ -67,3 +69,13 @@ def one_torch_thread() -> None:
     with _THREAD_LOCK:
         if torch.get_num_threads() != 1:
             torch.set_num_threads(1)
+
+
+@contextmanager
+def torch_op_alone() -> Iterator[None]:
+    """One torch op on one thread while no other engine thread changes torch's thread count:
+    :func:`one_torch_thread`, then the op under the same lock (a ``set_num_threads`` in
+    another thread during a parallel op is not something torch promises to survive)."""
+    one_torch_thread()
+    with _THREAD_LOCK:
+        yield

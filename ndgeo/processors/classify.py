@@ -20,7 +20,7 @@ import numpy as np
 from ndgeo import kernels
 from ndgeo.bands import Band
 from ndgeo.checkpoint import cached_load, classifier_inference, load_classifier, match_model_bands
-from ndgeo.device import device_kind, one_torch_thread, resolve_device
+from ndgeo.device import device_kind, one_torch_thread, resolve_device, torch_op_alone
 from ndgeo.engine import Processor
 from ndgeo.errors import NdgeoError
 from ndgeo.formula import formulas_from_coefficients, to_plain
@@ -256,8 +256,10 @@ class ModelProcessor(Processor):
         if set(outputs) & {"proba", "entropy", "margin"}:
             import torch
 
-            one_torch_thread()  # softmax's vector/tail split depends on the thread count
-            proba = torch.softmax(torch.from_numpy(logits), dim=0).numpy()
+            # One thread (softmax's vector/tail split depends on the thread count), while no
+            # other engine thread changes that count.
+            with torch_op_alone():
+                proba = torch.softmax(torch.from_numpy(logits), dim=0).numpy()
         indices = run(indices_of) if set(outputs) & {"indices", "contributions"} else None
         band = 0
         for o in outputs:
