@@ -20,7 +20,7 @@ from typing import Any
 
 from ndgeo.engine import Execution, run
 from ndgeo.errors import NdgeoError
-from ndgeo.io.raster import is_remote
+from ndgeo.io.raster import RasterInfo, is_remote
 from ndgeo.io.writer import check_output, publish_class_legend
 from ndgeo.jobs import Job
 
@@ -75,7 +75,7 @@ class BatchResult:
     scheduler: str = ""
 
 
-def run_scene(job: Job, image: str, out: str | os.PathLike, execution: Execution, *,
+def run_scene(job: Job, image: str | RasterInfo, out: str | os.PathLike, execution: Execution, *,
               overwrite: bool, cog: bool, creation_options: dict | None,
               progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Build ``job`` for one scene and write its output (and class legend): the unit of work
@@ -119,7 +119,9 @@ def run_batch(job: Job, scenes: Sequence[tuple[str, Path]], execution: Execution
         else:
             check_output(out, overwrite=overwrite, inputs=[image])
             todo.append((image, out))
-    sizes = {image: _pixels(job, image) for image, _ in todo}
+    infos = {image: _open(job, image) for image, _ in todo}
+    sizes = {image: 0 if info is None else info.width * info.height
+             for image, info in infos.items()}
     total, done = sum(sizes.values()), 0
     options = dict(overwrite=overwrite, cog=cog, creation_options=creation_options)
     start = time.perf_counter()
@@ -149,8 +151,8 @@ def run_batch(job: Job, scenes: Sequence[tuple[str, Path]], execution: Execution
                         progress(base + scene_done, total)
 
                 try:
-                    outcome = run_scene(job, image, out, execution, progress=scene_progress,
-                                        **options)
+                    outcome = run_scene(job, infos[image] or image, out, execution,
+                                        progress=scene_progress, **options)
                 except SCENE_ERRORS as exc:
                     outcome = {"error": str(exc)}
                 finished(image, out, outcome)
@@ -184,11 +186,10 @@ def _run_on_cluster(job: Job, todo, execution: Execution, options: dict, finishe
         raise
 
 
-def _pixels(job: Job, image: str) -> int:
-    """Pixels of a scene for the progress total (0 where it cannot be opened: it fails later
-    with its own message)."""
+def _open(job: Job, image: str) -> RasterInfo | None:
+    """The scene opened once in the client (its size for the progress total, and what a local
+    run processes), or None where it cannot be opened: it then fails with its own message."""
     try:
-        info = job.open(image)
+        return job.open(image)
     except SCENE_ERRORS:
-        return 0
-    return info.width * info.height
+        return None

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -241,14 +241,19 @@ def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
             continue
         path = target.parent / name
         try:
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+            _remove(path)
             removed.append(path)
         except OSError:
             pass
     return removed
+
+
+def _remove(path: Path) -> None:
+    """Unlink a file or link, or remove a folder tree (a COG work folder)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def _alive(pid: int) -> bool:
@@ -358,35 +363,38 @@ _FULL_DISK = ("no space left", "file too large", "disk quota", "write error", "e
               "io error writing", "seek error", "free disk space")
 
 
-def _causes(cause: object) -> list[str]:
-    """The texts of ``cause`` and of the exceptions it was raised from (rasterio says "Write
-    failed. See previous exception for details."; GDAL's own message is the cause)."""
-    texts, seen = [], set()
+def _chain(cause: object) -> list[object]:
+    """``cause`` and the exceptions it was raised from (rasterio says "Write failed. See
+    previous exception for details."; GDAL's own message is the cause)."""
+    chain, seen = [], set()
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
-        texts.append(" ".join(str(cause).split()))
+        chain.append(cause)
         cause = getattr(cause, "__cause__", None) or getattr(cause, "__context__", None)
+    return chain
+
+
+def _causes(cause: object) -> list[str]:
+    """The non-empty texts of :func:`_chain`."""
+    texts = (" ".join(str(c).split()) for c in _chain(cause))
     return [t for t in texts if t]
 
 
-def _remove_temporary(tmp: Path) -> None:
-    """Remove ``tmp`` and every sidecar a writer made beside it (``.aux.xml``, SQLite's
+def _temporary_files(tmp: Path) -> list[Path]:
+    """``tmp`` and every sidecar a writer made beside it (``.aux.xml``, SQLite's
     ``-journal``/``-wal``, a COG work folder): all names that start with the temporary's."""
     stem = tmp.name[: -len(tmp.suffix)] if tmp.suffix else tmp.name
     try:
-        names = os.listdir(tmp.parent)
+        return [tmp.parent / n for n in os.listdir(tmp.parent) if n.startswith(stem)]
     except OSError:
-        names = []
-    for name in names:
-        if name.startswith(stem):
-            path = tmp.parent / name
-            try:
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
-            except FileNotFoundError:
-                pass
+        return []
+
+
+def _remove_temporary(tmp: Path) -> None:
+    """Remove :func:`_temporary_files` of ``tmp``."""
+    for path in _temporary_files(tmp):
+        with suppress(FileNotFoundError):
+            _remove(path)
 
 
 _NO_SPACE = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -413,18 +421,16 @@ def _out_of_space(tmp: Path) -> bool:
         return False
     if limit == resource.RLIM_INFINITY:
         return False
-    stem = tmp.name[: -len(tmp.suffix)] if tmp.suffix else tmp.name
     try:
-        sizes = [os.stat(tmp.parent / n).st_size for n in os.listdir(tmp.parent)
-                 if n.startswith(stem)]
+        sizes = [path.stat().st_size for path in _temporary_files(tmp)]
     except OSError:
         return False
     return any(size + _SPACE_MARGIN >= limit for size in sizes)
 
 
 def _is_full_disk(cause: object) -> bool:
-    chain = [cause, getattr(cause, "__cause__", None), getattr(cause, "__context__", None)]
-    if any(getattr(c, "errno", None) in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) for c in chain):
+    if any(getattr(c, "errno", None) in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+           for c in _chain(cause)):
         return True
     return any(word in text.lower() for text in _causes(cause) for word in _FULL_DISK)
 

@@ -258,7 +258,8 @@ class WNE(nn.Module):
 @register_model("wne")
 def _wne_from_config(backbone: dict, pooling: str, eps: float, tau: float) -> WNE:
     """Registry builder: the nested backbone config is rebuilt first."""
-    return WNE(build_model(backbone), pooling=pooling, eps=eps, tau=tau)
+    return WNE(build_model(backbone), pooling=pooling, eps=eps, tau=tau,
+               channels=backbone.get("channels"))  # a backbone without Conv2d can be measured
 
 
 class BorderReached(ValueError):

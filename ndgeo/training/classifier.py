@@ -32,7 +32,6 @@ from ndgeo.errors import NdgeoError
 from ndgeo.io.labels import TrainingPixels, default_class_info
 from ndgeo.io.writer import check_output
 from ndgeo.nn import MLP, NDClassifier
-from ndgeo.nn.nd import CLOSED_FORM_DEFAULT
 from ndgeo.training.metrics import (
     classification_report,
     index_permutation_importance,
@@ -280,6 +279,11 @@ def _fit(pixels, train_idx, val_idx, config, device, say, progress, epoch_offset
 
     start = time.perf_counter()
     run = _cosine if config.schedule == "cosine" else _plateau
+    layers = list(getattr(model, "nd_layers", ()))
+    closed_form = [layer.closed_form for layer in layers]
+    if config.noise_penalty and config.noise_penalty_on == "loss":
+        for layer in layers:  # the "loss" penalty differentiates the ND forward twice
+            layer.closed_form = False
     try:
         history, best_epoch = run(model, X_tr, y_tr, X_va, y_va, config, loss_fn, gen, device,
                                   report, say)
@@ -287,8 +291,8 @@ def _fit(pixels, train_idx, val_idx, config, device, say, progress, epoch_offset
         exc.partial = (model.eval(), config, pixels, val_idx is None)
         raise
     finally:
-        for layer in getattr(model, "nd_layers", ()):  # the "loss" penalty trains on autograd
-            layer.closed_form = CLOSED_FORM_DEFAULT
+        for layer, value in zip(layers, closed_form, strict=True):
+            layer.closed_form = value
     model.eval()
     return _Fit(model, history, best_epoch, time.perf_counter() - start, init_pairs)
 
@@ -313,9 +317,8 @@ def _loss(model, xb, yb, loss_fn, config: TrainConfig) -> torch.Tensor:
     if config.noise_penalty_on == "indices":
         return loss_fn(model(xb), yb) + weight * model.band_noise_penalty(xb)
     # "loss": E_n ||x_n * d loss_n / d x_n||^2 (first-order loss change under relative
-    # per-band noise); autograd ND forward, since the closed-form backward is not differentiable
-    for layer in model.nd_layers:
-        layer.closed_form = False
+    # per-band noise); on the autograd ND forward (set by _fit: the closed-form backward is not
+    # differentiable)
     xb = xb.detach().requires_grad_(True)
     loss = loss_fn(model(xb), yb)
     (grad,) = torch.autograd.grad(loss, xb, create_graph=True)

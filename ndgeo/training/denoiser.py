@@ -24,6 +24,7 @@ from ndgeo.config import DenoiseConfig, parse_sigma
 from ndgeo.device import resolve_device
 from ndgeo.errors import NdgeoError
 from ndgeo.io.raster import RasterInfo, open_dataset, read_float_block
+from ndgeo.io.tiles import halo_for
 from ndgeo.nn.denoisers import build_denoiser, start_at_identity
 from ndgeo.nn.wne import WNE, receptive_field_of, run_denoiser
 from ndgeo.processors.denoise import DenoiseProcessor, model_halo
@@ -111,7 +112,8 @@ def train_denoiser(
             if progress is not None:
                 progress(step, config.steps, math.sqrt(running) * span)
     model = model.cpu().eval()
-    field = receptive_field_of(model)  # declared, else measured on the trained weights
+    field = receptive_field_of(model)  # declared, else measured on the trained weights (once)
+    alignment = int(getattr(model, "tile_alignment", 1))
     tail = history[-max(1, len(history) // 10):]
     meta = {
         "task": DENOISE_TASK,
@@ -122,8 +124,8 @@ def train_denoiser(
         "backbone_args": backbone_args or {},
         "receptive_field": None if field is None else int(field),
         "global_field": field is None,
-        "tile_alignment": int(getattr(model, "tile_alignment", 1)),
-        "halo": model_halo(model),
+        "tile_alignment": alignment,
+        "halo": None if field is None else halo_for(int(field), alignment),
         "sigma": sigma,
         "data_min": lo,
         "data_range": span,
