@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -48,7 +48,7 @@ from rasterio.windows import Window
 from ndgeo import stats
 from ndgeo.errors import NdgeoError
 from ndgeo.io.gdal_config import cache_megabytes, check_config_options
-from ndgeo.io.raster import RasterInfo, check_nodata, to_float, valid_mask
+from ndgeo.io.raster import RasterInfo, check_nodata, read_block, to_float
 from ndgeo.io.tiles import chunk_shape, grow, plan_windows
 from ndgeo.io.writer import GeoTIFFWriter, check_output, creation_profile
 
@@ -118,10 +118,8 @@ class WindowReader:
 
     def __init__(self, image: RasterInfo, band_positions: Sequence[int]) -> None:
         self.path = image.path
-        self.indexes = [int(p) + 1 for p in band_positions]
-        self.shape = image.shape
-        self.nodata = image.nodata
-        self.mask_band = self.indexes[0] if image.has_mask else None
+        self.info = image
+        self.positions = [int(p) for p in band_positions]
         self._init_local()
 
     def _init_local(self) -> None:
@@ -159,12 +157,8 @@ class WindowReader:
         """Window (row, col, h, w) grown by ``halo``, clipped: the raw bands, their valid pixels
         (nodata, non-finite and the file's GDAL mask, if any) and the core's offset in them."""
         row, col, h, w = window
-        grown, dr, dc = grow(Window(col, row, w, h), halo, self.shape)
-        src = self.dataset()
-        raw = src.read(self.indexes, window=grown)
-        valid = valid_mask(raw, self.nodata)
-        if self.mask_band is not None:
-            valid &= src.read_masks(self.mask_band, window=grown) != 0
+        grown, dr, dc = grow(Window(col, row, w, h), halo, self.info.shape)
+        raw, valid = read_block(self.dataset(), self.info, self.positions, grown)
         return raw, valid, dr, dc
 
 
@@ -450,14 +444,6 @@ def _execute(
         client.cancel([f for _, f in keys.values()])
 
 
-@contextmanager
-def _closing(reader: WindowReader) -> Iterator[WindowReader]:
-    try:
-        yield reader
-    finally:
-        reader.close()
-
-
 def _as_tuple(window: Window) -> tuple[int, int, int, int]:
     return int(window.row_off), int(window.col_off), int(window.height), int(window.width)
 
@@ -590,7 +576,7 @@ def run(
     total = image.width * image.height
     done = skipped = 0
     start = time.perf_counter()
-    with execution, _closing(reader):
+    with execution, closing(reader):
         processor.prepare(image, execution)
         task = partial(_process_window, reader, processor, execution.env)
         items = ((w, _as_tuple(w)) for w in windows)
@@ -651,7 +637,7 @@ def scene_statistics(
                                                     image.shape))
     reader = WindowReader(image, positions)
     total: tuple = (0, np.zeros(len(positions)), np.zeros(len(positions)))
-    with execution, _closing(reader):
+    with execution, closing(reader):
         task = partial(_window_stats, reader, execution.env)
         items = ((w, _as_tuple(w)) for w in windows)
         for _, part in _execute(task, items, execution.client, execution.slots,

@@ -204,7 +204,7 @@ def valid_mask(block: np.ndarray, nodata: float | None) -> np.ndarray:
     """Valid pixels of a (bands, h, w) block: finite in every band and nodata in none.
 
     Where the file has a GDAL mask or alpha band (``RasterInfo.has_mask``), readers also drop
-    the pixels it marks 0 (:func:`read_gdal_mask`). Computed band by band into one mask: a
+    the pixels it marks 0 (:func:`read_block`). Computed band by band into one mask: a
     (bands, h, w) comparison array took twice as long on 8-band blocks.
     """
     valid = np.ones(block.shape[1:], dtype=bool)
@@ -260,13 +260,6 @@ def _as_pixel_type(value: float, dtype: np.dtype) -> float | np.generic:
     except (OverflowError, ValueError):
         return value
     return typed if float(typed) == value else value
-
-
-def read_gdal_mask(path: str, window: Window, band: int = 1) -> np.ndarray:
-    """The file's GDAL mask (per-dataset mask or alpha band) of ``band`` (1-based) over
-    ``window``, True = valid."""
-    with rasterio.open(path) as src:
-        return src.read_masks(band, window=window) != 0
 
 
 def read_block(

@@ -284,7 +284,7 @@ class ModelProcessor(Processor):
                 band += len(values)
             elif o == "contributions":
                 weight = _linear_head(self.model_path)[0]
-                terms = weight[np.argmax(logits, axis=0)].T * indices  # winner: first on ties
+                terms = weight[kernels.argmax_rows(logits)].T * indices  # winner: first on ties
                 for k in range(len(terms)):
                     put(out[band + k], terms[k])
                 band += len(terms)
