@@ -29,7 +29,7 @@ from safetensors import SafetensorError, safe_open
 import ndgeo
 from ndgeo.bands import select_bands
 from ndgeo.errors import NdgeoError
-from ndgeo.io.raster import RasterInfo
+from ndgeo.io.raster import RASTER_SUFFIXES, RasterInfo
 from ndgeo.io.writer import atomic_path, write_error
 
 if TYPE_CHECKING:  # torch is imported where a model is built: CPU apply never needs it
@@ -47,10 +47,6 @@ DENOISE_TASK = "denoise"
 #: Key of the ndgeo JSON document inside the safetensors ``__metadata__`` header.
 METADATA_KEY = "ndgeo"
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header size
-
-
-#: Endings of raster files: a model file given one of them would pass for a raster.
-RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2", ".png", ".jpg", ".nc")
 
 
 def check_model_name(path: str | os.PathLike) -> None:

@@ -349,6 +349,14 @@ def test_mlp_applies_class_and_proba_but_has_no_indices(sample_scene, tiled, tmp
                     "32")  # its band-major form equals the MLP itself
     assert result.exit_code == 0, result.output
     _assert_matches_model(tmp_path / "c.tif", tiled, model, ["class", "proba"], helpers)
+    # Scaled input runs on torch, as every model does on a CPU where the numpy kernels are not
+    # bit-exact (an MLP once failed there: it has no indices)
+    result = _apply(model, tiled, tmp_path / "s.tif", "--products", "proba", "--scale", "2")
+    assert result.exit_code == 0, result.output
+    raw, valid = helpers.read(tiled, _model_bands(model))
+    want = helpers.expected(model, raw * np.float32(2), valid)["proba"]
+    got, _ = _read(tmp_path / "s.tif")
+    np.testing.assert_allclose(got[:, valid], want[:, valid], rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------ SIGKILL

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from ndgeo.checkpoint import load_model
 from ndgeo.cli import app
-from ndgeo.config import TrainConfig
+from ndgeo.config import ND_NOISE_PENALTY, TrainConfig
 from ndgeo.errors import NdgeoError
 from ndgeo.io.labels import pixels_from_arrays
 from ndgeo.nn import NDLayer
@@ -64,7 +64,7 @@ def test_noise_penalty_lowers_measured_band_noise_and_keeps_invariance():
     test_x, test_labels = _redundant_bands(seed=5, n=400)
     base = dict(n_indices=1, head="linear", epochs=30, split="random", refit=False,
                 device="cpu")
-    plain = train_model(pixels, TrainConfig(**base))
+    plain = train_model(pixels, TrainConfig(**base, noise_penalty=0.0))
     robust = train_model(pixels, TrainConfig(**base, noise_penalty=0.1))
     for result in (plain, robust):
         assert result.metrics["overall_accuracy"] >= 0.95
@@ -87,6 +87,9 @@ def test_noise_penalty_options_are_checked(sample_scene, tmp_path):
         TrainConfig(noise_penalty=-1.0)
     with pytest.raises(NdgeoError, match="ND models"):
         TrainConfig(model="mlp", noise_penalty=0.1)
+    # the default penalty is an ND default: MLPs (and --compare's baseline) train without it
+    assert TrainConfig().noise_penalty == ND_NOISE_PENALTY > 0
+    assert TrainConfig(model="mlp").noise_penalty == 0.0
     out = tmp_path / "m.safetensors"
     args = ["-q", "train", str(sample_scene.image), str(sample_scene.labels_raster), "-o",
             str(out), "--epochs", "2", "--no-report"]
@@ -98,3 +101,6 @@ def test_noise_penalty_options_are_checked(sample_scene, tmp_path):
     assert result.exit_code == 0, result.output
     _, meta = load_model(out)
     assert meta["training"]["noise_penalty"] == 0.1
+    result = runner.invoke(app, [*args, "--overwrite", "--model", "mlp"])
+    assert result.exit_code == 0, result.output
+    assert load_model(out)[1]["training"]["noise_penalty"] == 0.0

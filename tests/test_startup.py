@@ -14,7 +14,12 @@ import rasterio
 import torch
 
 from ndgeo import kernels
-from ndgeo.checkpoint import classifier_inference, inference_cache_dir, load_classifier
+from ndgeo.checkpoint import (
+    _exact_weights,
+    classifier_inference,
+    inference_cache_dir,
+    load_classifier,
+)
 from ndgeo.nn import MLP, NDClassifier
 from ndgeo.nn.inference import band_major
 
@@ -125,11 +130,20 @@ def test_kernels_equal_torch_band_major_modules(make):
         logits = net(torch.from_numpy(x)).numpy()
         want_idx = net.indices(torch.from_numpy(x)).numpy() if weights.kind == "nd" else None
     got = kernels.run_columns(lambda b: kernels.forward(weights, b), x, 1234)
-    assert np.array_equal(got.view(np.uint32), logits.view(np.uint32))
-    assert np.array_equal(kernels.argmax_rows(got), logits.argmax(axis=0))
-    if want_idx is not None:
-        idx = kernels.run_columns(lambda b: kernels.indices(weights, b), x, 999)
-        assert np.array_equal(idx.view(np.uint32), want_idx.view(np.uint32))
+    idx = (kernels.run_columns(lambda b: kernels.indices(weights, b), x, 999)
+           if want_idx is not None else None)
+    # Where the first-fold probe trusts the kernels, they must be bit-identical on other pixels
+    # too; where it does not (another CPU's BLAS sums a short inner dimension otherwise, e.g.
+    # MKL vs OpenBLAS on AVX-512), apply stays on torch and the kernels only agree to rounding.
+    if _exact_weights(net) is not None:
+        assert np.array_equal(got.view(np.uint32), logits.view(np.uint32))
+        assert np.array_equal(kernels.argmax_rows(got), logits.argmax(axis=0))
+        if idx is not None:
+            assert np.array_equal(idx.view(np.uint32), want_idx.view(np.uint32))
+    else:
+        np.testing.assert_allclose(got, logits, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
+        if idx is not None:
+            np.testing.assert_allclose(idx, want_idx, rtol=0, atol=1e-5)
 
 
 def test_clamp_keeps_negative_zero_and_nan_like_torch():

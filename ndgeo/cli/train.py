@@ -18,7 +18,7 @@ from ndgeo.cli.present import (
     print_metrics,
     print_noise_table,
 )
-from ndgeo.config import TrainConfig
+from ndgeo.config import ND_NOISE_PENALTY, TrainConfig
 from ndgeo.errors import NdgeoError
 
 _DEFAULTS = TrainConfig()
@@ -135,7 +135,7 @@ def train(
     budget_table: bool = typer.Option(True, "--budget-table/--no-budget-table", help="With --max-bands: also train budgets 1, 2, 3 and all on the same split and print their accuracy."),
     mlp_hidden: str = typer.Option("64,32", "--mlp-hidden", help="Hidden widths of the MLP baseline (--model mlp, --compare), comma-separated."),
     augment: bool = typer.Option(False, "--augment", help="Train with per-band multiplicative jitter (x(1 + 0.05 N(0,1)) per band and pixel) and per-pixel illumination jitter (x exp(0.2 N(0,1)))."),
-    noise_penalty: float = typer.Option(_DEFAULTS.noise_penalty, "--noise-penalty", help="Weight of a per-band noise penalty in the training loss (0 = off; see --noise-penalty-on). A training loss only: the model and its illumination invariance are unchanged."),
+    noise_penalty: float | None = typer.Option(None, "--noise-penalty", help=f"Weight of a per-band noise penalty in the training loss (ND models; default {ND_NOISE_PENALTY:g}; 0 = off; see --noise-penalty-on). A training loss only: the model and its illumination invariance are unchanged."),
     noise_penalty_on: str = typer.Option(_DEFAULTS.noise_penalty_on, "--noise-penalty-on", help="indices: each learned index's first-order variance under relative per-band noise over its spread across pixels (closed form); loss: the squared gradient of the loss with respect to the log band values (double backprop, ~2x slower)."),
     schedule: str = typer.Option(_DEFAULTS.schedule, "--schedule", help="cosine: a fixed budget with warm-up and cosine decay, then a refit on all labelled pixels (default); plateau: early stopping on the validation split."),
     refit: bool = typer.Option(_DEFAULTS.refit, "--refit/--no-refit", help="cosine schedule: after validating, train again on all labelled pixels and save that model."),
@@ -372,8 +372,13 @@ def _gis_formula(fmt: str, model: Path, net, meta: dict, *, image: str | None,
         print(text)
         return
     if fmt == "qgis":
-        options = _image_bands(meta, image, band_names, sensor, scale=scale, offset=offset)
-        print(fm.to_qgis(indices, **options, layer=layer))
+        import numpy as np
+
+        info, numbers, scaling = _image_bands(meta, image, band_names, sensor, scale=scale,
+                                              offset=offset)
+        print(fm.to_qgis(indices, band_numbers=numbers, scaling=scaling, image=image,
+                         signed=info is not None and np.dtype(info.dtype).kind != "u",
+                         layer=layer))
         return
     if image is None or output is None:
         raise NdgeoError("--format vrt needs --image IMAGE (the raster the VRT reads) and "
@@ -383,28 +388,25 @@ def _gis_formula(fmt: str, model: Path, net, meta: dict, *, image: str | None,
 
 
 def _image_bands(meta: dict, image: str | None, band_names: str | None, sensor: str | None,
-                 *, scale: float | None = None, offset: float | None = None) -> dict:
-    """``band_numbers`` (model band -> 1-based band of ``image``), ``scaling`` (band ->
-    (scale, offset)), ``image`` and ``signed`` (pixel type) for ``to_qgis``; without ``image`` the model's
-    band order and ``--scale``/``--offset`` (default none)."""
+                 *, nodata: float | None = None, scale: float | None = None,
+                 offset: float | None = None) -> tuple:
+    """``(info, band_numbers, scaling)`` of formulas computed on ``image`` outside ndgeo: the
+    raster (None without ``image``), model band -> 1-based band of ``image`` matched by name
+    (without ``image``: the model's band order), and band -> (scale, offset) (without
+    ``image``: ``--scale``/``--offset``, default none)."""
     names = [b["name"] for b in meta["bands"]]
     if image is None:
-        return {"band_numbers": {n: i + 1 for i, n in enumerate(names)},
-                "scaling": {n: (1.0 if scale is None else scale,
-                                0.0 if offset is None else offset) for n in names},
-                "image": None, "signed": False}
-    import numpy as np
-
+        return (None, {n: i + 1 for i, n in enumerate(names)},
+                {n: (1.0 if scale is None else scale, 0.0 if offset is None else offset)
+                 for n in names})
     from ndgeo.checkpoint import match_model_bands
     from ndgeo.io.raster import open_raster
 
-    info = open_raster(image, bands=parse_list(band_names), sensor=sensor, scale=scale,
-                       offset=offset)
+    info = open_raster(image, bands=parse_list(band_names), sensor=sensor, nodata=nodata,
+                       scale=scale, offset=offset)
     positions = match_model_bands(meta, info)
-    return {"band_numbers": {n: p + 1 for n, p in zip(names, positions, strict=True)},
-            "scaling": {n: (info.scales[p], info.offsets[p])
-                        for n, p in zip(names, positions, strict=True)},
-            "image": image, "signed": np.dtype(info.dtype).kind != "u"}
+    return (info, {n: p + 1 for n, p in zip(names, positions, strict=True)},
+            {n: (info.scales[p], info.offsets[p]) for n, p in zip(names, positions, strict=True)})
 
 
 def _write_vrt(model: Path, net, meta: dict, indices: list, image: str, output: Path, *,
@@ -413,24 +415,19 @@ def _write_vrt(model: Path, net, meta: dict, indices: list, image: str, output: 
     import rasterio
 
     from ndgeo import formula as fm
-    from ndgeo.checkpoint import match_model_bands
-    from ndgeo.io.raster import is_remote, open_raster
+    from ndgeo.io.raster import is_remote
     from ndgeo.io.writer import atomic_path, check_output
 
     check_output(output, overwrite=overwrite, inputs=[image, model])
-    info = open_raster(image, bands=parse_list(band_names), sensor=sensor, nodata=nodata,
-                       scale=scale, offset=offset)
-    positions = match_model_bands(meta, info)
-    names = [b["name"] for b in meta["bands"]]
+    info, numbers, scaling = _image_bands(meta, image, band_names, sensor, nodata=nodata,
+                                          scale=scale, offset=offset)
     source = fm.VRTSource(
         path=info.path if is_remote(info.path) else os.path.abspath(info.path),
         width=info.width, height=info.height, dtype=info.dtype,
         crs_wkt=info.crs.to_wkt() if info.crs else None,
         geotransform=tuple(info.transform.to_gdal()), nodata=info.nodata,
-        bands={n: p + 1 for n, p in zip(names, positions, strict=True)},
-        scaling={n: (info.scales[p], info.offsets[p]) for n, p in zip(names, positions,
-                                                                      strict=True)},
-        mask_band=positions[0] + 1 if info.has_mask else None)
+        bands=numbers, scaling=scaling,
+        mask_band=next(iter(numbers.values())) if info.has_mask else None)
     descriptions = [fm.to_plain(f) for f in fm.model_formulas(net, meta)]
     xml = fm.to_vrt(indices, source, descriptions=descriptions,
                     metadata={"NDGEO_MODEL": os.path.basename(model)})
@@ -450,22 +447,13 @@ def _gdal_calc_options(meta: dict, image: str | None, band_names: str | None,
                        sensor: str | None) -> dict:
     """Band numbers (and scaling) for ``--format gdal_calc``: from ``image`` matched by name,
     else the model's own band order."""
+    _, numbers, scaling = _image_bands(meta, image, band_names, sensor)
     if image is None:
-        numbers = {b["name"]: i + 1 for i, b in enumerate(meta["bands"])}
-        listing = ", ".join(f"{b['name']}={numbers[b['name']]}" for b in meta["bands"])
+        listing = ", ".join(f"{name}={number}" for name, number in numbers.items())
         print(f"# IMAGE.tif bands numbered in the model's band order ({listing}); "
               "`--image FILE` numbers the bands of FILE")
         return {"band_numbers": numbers}
-    from ndgeo.checkpoint import match_model_bands
-    from ndgeo.io.raster import open_raster
-
-    info = open_raster(image, bands=parse_list(band_names), sensor=sensor)
-    positions = match_model_bands(meta, info)
-    names = [b["name"] for b in meta["bands"]]
-    scaling = {name: (info.scales[p], info.offsets[p]) for name, p in zip(names, positions,
-                                                                         strict=True)}
-    return {"band_numbers": {name: p + 1 for name, p in zip(names, positions, strict=True)},
-            "image": image, "scaling": scaling}
+    return {"band_numbers": numbers, "image": image, "scaling": scaling}
 
 
 @app.command()

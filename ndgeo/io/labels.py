@@ -44,6 +44,7 @@ from rasterio.windows import Window
 from ndgeo.bands import Band, resolve_bands, select_bands
 from ndgeo.errors import NdgeoError
 from ndgeo.io.raster import (
+    RASTER_SUFFIXES,
     RasterInfo,
     is_remote,
     open_dataset,
@@ -55,7 +56,6 @@ from ndgeo.io.raster import (
 from ndgeo.io.tiles import plan_windows, tile_window, tiles_touched
 from ndgeo.io.writer import ClassInfo, read_classes
 
-RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2"}
 EXCLUSION_REASONS = ("nodata", "nonfinite", "negative", "zero")
 #: Side of the square tiles (pixels) in which labels are rasterised and their footprint found.
 TILE = 512

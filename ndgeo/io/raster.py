@@ -33,6 +33,10 @@ from ndgeo.bands import Band, resolve_bands
 from ndgeo.errors import NdgeoError
 from ndgeo.io.stac import is_stac_item, item_vrt
 
+#: Endings of raster file names: label files read as rasters, and model names refused (a model
+#: file named like a raster would pass for one).
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2", ".png", ".jpg", ".nc")
+
 #: Pixel types ndgeo reads; every block is converted to float32 for processing.
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 

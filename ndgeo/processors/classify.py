@@ -209,7 +209,9 @@ class ModelProcessor(Processor):
             return run_batched(lambda b: fn(prepared(b)), pixels, self.batch_size, device,
                                axis=1)
 
-        return lambda b: argmax_rows(model(b)), model, model.indices, run_torch
+        # an MLP has no indices (``--products indices`` is refused for it before any pixel)
+        indices = getattr(model, "indices", None)
+        return lambda b: argmax_rows(model(b)), model, indices, run_torch
 
     def __call__(self, block: np.ndarray, valid: np.ndarray) -> np.ndarray:
         device_type = device_kind(self.device)

@@ -447,7 +447,7 @@ def compare_models(
                          config.seed)
     variants = [config]
     if compare:
-        variants.append(replace(config, model="mlp"))
+        variants.append(replace(config, model="mlp", noise_penalty=0.0))
     if config.model == "nd":
         variants += [replace(config, max_bands=b, refit=False) for b in budgets
                      if b != config.max_bands]
