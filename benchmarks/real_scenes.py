@@ -127,6 +127,8 @@ VARIANTS = {
                                                "--noise-penalty-on", "loss"]),
     "ND --max-bands 8 --head-hidden 32": ("nd", ["--max-bands", "8", "--head-hidden", "32",
                                                  "--no-budget-table"]),
+    "ND --max-bands 16": ("nd", ["--max-bands", "16", "--no-budget-table"]),
+    "ND --max-bands 32": ("nd", ["--max-bands", "32", "--no-budget-table"]),
     "MLP 16": ("mlp", ["--model", "mlp", "--mlp-hidden", "16"]),
     "MLP 32": ("mlp", ["--model", "mlp", "--mlp-hidden", "32"]),
     "MLP 64-32": ("mlp", ["--model", "mlp", "--mlp-hidden", "64,32"]),
@@ -391,7 +393,7 @@ def run_one(task: tuple) -> dict:
     if kind == "rf":
         row.update(_run_rf(data, seed))
     elif kind == "mlp_inv":
-        row.update(_run_invariant_mlp(data, seed))
+        row.update(_run_invariant_mlp(data, seed, args))
     else:
         row.update(_run_ndgeo(data, seed, variant, args))
     row["wall_s"] = time.perf_counter() - start
@@ -449,7 +451,7 @@ def _run_rf(data: dict, seed: int) -> dict:
             "train_s": seconds, "eval_pixels": report["n_pixels"], **rob}
 
 
-def _run_invariant_mlp(data: dict, seed: int) -> dict:
+def _run_invariant_mlp(data: dict, seed: int, args: list[str]) -> dict:
     """An MLP on each pixel divided by the sum of its bands: exactly illumination-invariant
     like ND, so the gap between it and the plain MLPs is the price of that invariance on a
     dataset, and the gap between it and ND is what ND's form costs on top. In-process (ndgeo
@@ -469,7 +471,8 @@ def _run_invariant_mlp(data: dict, seed: int) -> dict:
     train = load_many([(data["image"], data["train"])], sensor=sensor)
     test = load_many([(data["image"], data["test"])], classes=train.classes, sensor=sensor)
     split = "random" if "--split" in data["train_args"] else "block"
-    config = TrainConfig(model="mlp", mlp_hidden=(128, 64), seed=seed, split=split)
+    widths = tuple(int(w) for w in args[args.index("--mlp-hidden") + 1].split(","))
+    config = TrainConfig(model="mlp", mlp_hidden=widths, seed=seed, split=split)
     start = time.perf_counter()
     result = train_model(replace(train, X=normalise(train.X)), config)
     seconds = time.perf_counter() - start

@@ -419,7 +419,34 @@ def cached_load(
 # -- the torch-free inference form of a classifier file -------------------------------------
 
 #: Bumped whenever what :func:`classifier_inference` stores changes.
-_INFERENCE_FORMAT = 1
+_INFERENCE_FORMAT = 2
+
+
+def _machine_fingerprint() -> str:
+    """What decides whether the numpy kernels reproduce torch here: CPU model and flags,
+    torch and numpy versions, ``MKL_CBWR``. Read without importing torch; part of the key of
+    a cache entry, so an entry made on another CPU or torch (shared home) is not trusted."""
+    import hashlib
+    import platform
+    import re
+    from importlib import metadata
+
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "-"
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            info = f.read(1 << 16)
+        cpu = "".join(re.findall(r"^(?:model name|flags)\s*:.*$", info, re.M)[:2])
+    except OSError:
+        pass
+    parts = (platform.machine(), cpu, version("torch"), np.__version__,
+             os.environ.get("MKL_CBWR", ""))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def inference_cache_dir() -> Path | None:
@@ -458,7 +485,8 @@ def _classifier_inference(path: str) -> tuple[dict, list, BandMajorWeights]:
     _sniff(file)  # a GeoTIFF given as MODEL is refused before it is read whole
     digest = hashlib.sha256(file.read_bytes()).hexdigest()
     cache = inference_cache_dir()
-    entry = None if cache is None else cache / f"{digest}.v{_INFERENCE_FORMAT}.npz"
+    name = f"{digest}.{_machine_fingerprint()}.v{_INFERENCE_FORMAT}.npz"
+    entry = None if cache is None else cache / name
     if entry is not None and entry.is_file():
         try:
             return _read_inference(entry)

@@ -34,9 +34,9 @@ def parse_sigma(
     return value
 
 
-#: Default ``--noise-penalty`` of ND models (``benchmarks/real_scenes.py``: on 200-band Indian
-#: Pines it raised accuracy by 0.4-1.3 points and lowered the 10% per-band noise drop by 7-8; on
-#: the 6-band set it cost 0.6 points).
+#: Default ``--noise-penalty`` of ND models (``benchmarks/real_scenes.py``, 3 seeds: on 200-band
+#: Indian Pines it raised accuracy by 0.7-1.5 points and lowered the 10% per-band noise drop by
+#: 7-8; on the 6-band set it cost 0.6 points).
 ND_NOISE_PENALTY = 1e-3
 
 #: ``--head`` names and the hidden widths each one defaults to.

@@ -95,9 +95,14 @@ def test_noise_penalty_options_are_checked(sample_scene, tmp_path):
             str(out), "--epochs", "2", "--no-report"]
     result = runner.invoke(app, [*args, "--noise-penalty-on", "loss"])
     assert result.exit_code == 2 and "--noise-penalty W" in result.output
+    result = runner.invoke(app, [*args, "--noise-penalty", "0", "--noise-penalty-on", "indices"])
+    assert result.exit_code == 2 and "needs the noise penalty on" in result.output
+    result = runner.invoke(app, [*args, "--noise-penalty-on", "indices"])
+    assert result.exit_code == 0, result.output
+    assert load_model(out)[1]["training"]["noise_penalty"] == ND_NOISE_PENALTY
     result = runner.invoke(app, [*args, "--model", "mlp", "--noise-penalty", "0.1"])
     assert result.exit_code == 2
-    result = runner.invoke(app, [*args, "--noise-penalty", "0.1"])
+    result = runner.invoke(app, [*args, "--overwrite", "--noise-penalty", "0.1"])
     assert result.exit_code == 0, result.output
     _, meta = load_model(out)
     assert meta["training"]["noise_penalty"] == 0.1

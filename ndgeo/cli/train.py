@@ -163,8 +163,14 @@ def train(
                          compare=compare)
     if report is not None and no_report:
         raise NdgeoError("--report and --no-report contradict each other; give one")
-    if not noise_penalty and given(ctx, "noise_penalty_on"):
-        raise NdgeoError("--noise-penalty-on chooses the penalty of --noise-penalty W (W > 0)")
+    if given(ctx, "noise_penalty_on"):
+        if noise_penalty == 0 or model == "mlp":
+            raise NdgeoError("--noise-penalty-on needs the noise penalty on (ND models, "
+                             "--noise-penalty W > 0)")
+        if noise_penalty_on == "loss" and noise_penalty is None:
+            raise NdgeoError(f"--noise-penalty-on loss needs its weight: give --noise-penalty W "
+                             f"(the default {ND_NOISE_PENALTY:g} is the weight of 'indices'; "
+                             f"the benchmark tried 'loss' at 1e-5)")
     hidden = parse_list(head_hidden)
     mlp_widths = parse_list(mlp_hidden) or []
     for name, values in (("--head-hidden", hidden or []), ("--mlp-hidden", mlp_widths)):
