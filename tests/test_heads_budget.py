@@ -142,3 +142,45 @@ def test_permutation_importance_finds_the_index_that_matters():
     assert result.metrics["overall_accuracy"] >= 0.95
     cost = np.array(result.metrics["index_accuracy_cost"])
     assert cost.max() > 0.2 and cost.min() < 0.05
+
+
+def _wide_pixels(n_bands: int, seed: int = 0):
+    """Three classes, each brighter in one of the first three bands."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, 600)
+    X = rng.uniform(100, 200, (600, n_bands))
+    X[np.arange(600), y] *= 1.5
+    return pixels_from_arrays(X.astype(np.float32), y, [f"b{i}" for i in range(n_bands)])
+
+
+def test_default_band_budget_applies_to_wide_inputs_only():
+    """The default budget (ND_MAX_BANDS per side) prunes hyperspectral inputs; narrower ones
+    train exactly as with no budget; ``max_bands=None`` ('all') keeps every band."""
+    from ndgeo.config import ND_MAX_BANDS
+
+    fast = dict(epochs=2, min_steps_per_epoch=2, refit=False, split="random", n_indices=4)
+    wide = _wide_pixels(ND_MAX_BANDS + 8)
+    for max_bands, most in (("auto", ND_MAX_BANDS), (None, ND_MAX_BANDS + 8)):
+        alpha, beta = train_model(wide, TrainConfig(max_bands=max_bands, **fast)).model \
+            .nd_layers[0].coefficients()
+        assert max((alpha > 0).sum(1).max(), (beta > 0).sum(1).max()) == most, max_bands
+    narrow = _wide_pixels(10)
+    a = train_model(narrow, TrainConfig(**fast)).model.state_dict()
+    b = train_model(narrow, TrainConfig(max_bands=None, **fast)).model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert TrainConfig(pairwise=True).max_bands is None
+    assert TrainConfig(model="mlp").max_bands is None
+
+
+def test_max_bands_option_takes_all_and_refuses_nonsense(sample_scene, tmp_path):
+    out = tmp_path / "m.safetensors"
+    args = ["-q", "train", str(sample_scene.image), str(sample_scene.labels_raster), "-o",
+            str(out), "--epochs", "2", "--no-report"]
+    for bad in ("0", "x", "-3"):
+        result = runner.invoke(app, [*args, "--max-bands", bad])
+        assert result.exit_code == 2 and "--max-bands" in result.output, bad
+    result = runner.invoke(app, [*args, "--max-bands", "all", "--no-budget-table"])
+    assert result.exit_code == 2 and "--max-bands N" in result.output
+    result = runner.invoke(app, [*args, "--max-bands", "all"])
+    assert result.exit_code == 0, result.output
+    assert load_model(out)[0].max_bands is None

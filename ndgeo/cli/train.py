@@ -18,7 +18,7 @@ from ndgeo.cli.present import (
     print_metrics,
     print_noise_table,
 )
-from ndgeo.config import ND_NOISE_PENALTY, TrainConfig
+from ndgeo.config import ND_MAX_BANDS, ND_NOISE_PENALTY, TrainConfig
 from ndgeo.errors import NdgeoError
 
 _DEFAULTS = TrainConfig()
@@ -98,11 +98,22 @@ def _check_train_options(ctx: typer.Context, *, model: str, split: str, schedule
         raise NdgeoError("--refit / --no-refit apply to the cosine schedule; --schedule plateau "
                          "keeps its best validation checkpoint")
     if max_bands is None and given(ctx, "budget_table"):
-        raise NdgeoError("--budget-table / --no-budget-table apply with --max-bands")
+        raise NdgeoError("--budget-table / --no-budget-table apply with --max-bands N")
     if model == "nd" and not compare and given(ctx, "mlp_hidden"):
         raise NdgeoError("--mlp-hidden shapes the MLP baseline: give --model mlp or --compare")
     if split == "random" and given(ctx, "block_size"):
         warn("--block-size only shapes the block split; --split random ignores it")
+
+
+def _parse_max_bands(text: str | None) -> int | str | None:
+    """``--max-bands``: an integer N >= 1, ``all`` (None: no budget), or not given ("auto")."""
+    if text is None:
+        return "auto"
+    if text.strip().lower() == "all":
+        return None
+    if not text.strip().isdigit() or int(text) < 1:
+        raise NdgeoError(f"--max-bands expects an integer >= 1 or 'all', got {text!r}")
+    return int(text)
 
 
 @app.command()
@@ -131,8 +142,8 @@ def train(
     head_norm: str = typer.Option("batchnorm", "--head-norm", help="Normalisation of ND outputs before the head: batchnorm, affine or none (none gives the most literal formulas)."),
     head: str = typer.Option(_DEFAULTS.head, "--head", help="Head on the learned indices: mlp (hidden ReLU layers; default) or linear."),
     head_hidden: str | None = typer.Option(None, "--head-hidden", help="Hidden widths of the mlp head, comma-separated (default 64)."),
-    max_bands: int | None = typer.Option(None, "--max-bands", help="Band budget: at most N bands per side of each learned index, so the exported formulas are the model exactly (pruned after half the training, then fine-tuned)."),
-    budget_table: bool = typer.Option(True, "--budget-table/--no-budget-table", help="With --max-bands: also train budgets 1, 2, 3 and all on the same split and print their accuracy."),
+    max_bands: str | None = typer.Option(None, "--max-bands", metavar="N|all", help=f"Band budget: at most N bands per side of each learned index, so the exported formulas are the model exactly (pruned after half the training, then fine-tuned); 'all' = no budget. Default {ND_MAX_BANDS}, which touches only inputs of more bands (hyperspectral)."),
+    budget_table: bool = typer.Option(True, "--budget-table/--no-budget-table", help="With --max-bands N: also train budgets 1, 2, 3 and all on the same split and print their accuracy."),
     mlp_hidden: str = typer.Option("64,32", "--mlp-hidden", help="Hidden widths of the MLP baseline (--model mlp, --compare), comma-separated."),
     augment: bool = typer.Option(False, "--augment", help="Train with per-band multiplicative jitter (x(1 + 0.05 N(0,1)) per band and pixel) and per-pixel illumination jitter (x exp(0.2 N(0,1)))."),
     noise_penalty: float | None = typer.Option(None, "--noise-penalty", help=f"Weight of a per-band noise penalty in the training loss (ND models; default {ND_NOISE_PENALTY:g}; 0 = off; see --noise-penalty-on). A training loss only: the model and its illumination invariance are unchanged."),
@@ -159,8 +170,9 @@ def train(
     from ndgeo.training.classifier import train as train_job
 
     quiet = is_quiet(ctx)
-    _check_train_options(ctx, model=model, split=split, schedule=schedule, max_bands=max_bands,
-                         compare=compare)
+    budget = _parse_max_bands(max_bands)
+    _check_train_options(ctx, model=model, split=split, schedule=schedule,
+                         max_bands=budget if isinstance(budget, int) else None, compare=compare)
     if report is not None and no_report:
         raise NdgeoError("--report and --no-report contradict each other; give one")
     if given(ctx, "noise_penalty_on"):
@@ -179,7 +191,7 @@ def train(
     config = TrainConfig(model=model, n_indices=indices, depth=depth, pairwise=pairwise,
                          head_norm=head_norm, head=head,
                          head_hidden=None if hidden is None else tuple(int(h) for h in hidden),
-                         max_bands=max_bands, augment=augment, noise_penalty=noise_penalty,
+                         max_bands=budget, augment=augment, noise_penalty=noise_penalty,
                          noise_penalty_on=noise_penalty_on,
                          mlp_hidden=tuple(int(h) for h in mlp_widths), schedule=schedule, refit=refit,
                          epochs=epochs, patience=patience, batch_size=batch_size, split=split,
@@ -197,7 +209,7 @@ def train(
 
             run = train_job(
                 _scenes(image, labels, scene, manifest, images, chip_labels), out, config, compare=compare,
-                budgets=(1, 2, 3, None) if max_bands is not None and budget_table else (),
+                budgets=(1, 2, 3, None) if isinstance(budget, int) and budget_table else (),
                 report_path=report_path, overwrite=overwrite, progress=progress, log=log,
                 label_field=label_field, class_table=classes_file,
                 bands=parse_list(bands), band_names=parse_list(band_names),

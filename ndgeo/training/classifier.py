@@ -140,7 +140,8 @@ class TrainResult:
         text += f", depth {c.depth}" if c.depth > 1 else ""
         text += (", linear head" if c.head == "linear"
                  else ", mlp head " + "-".join(str(h) for h in c.head_hidden or ()))
-        text += f", max {c.max_bands} band(s) per side" if c.max_bands else ", all bands"
+        budget = self.model.max_bands
+        text += f", max {budget} band(s) per side" if budget else ", all bands"
         return text + (", augmented" if c.augment else "")
 
     def metadata(self) -> dict:
@@ -447,12 +448,18 @@ def compare_models(
                          config.seed)
     variants = [config]
     if compare:
-        variants.append(replace(config, model="mlp", noise_penalty=0.0))
+        variants.append(replace(config, model="mlp", noise_penalty=0.0, max_bands=None))
     if config.model == "nd":
         variants += [replace(config, max_bands=b, refit=False) for b in budgets
                      if b != config.max_bands]
     return [train_model(pixels, c, split=split, progress=progress if i == 0 else None, log=log)
             for i, c in enumerate(variants)]
+
+
+def effective_max_bands(config: TrainConfig, n_bands: int) -> int | None:
+    """The band budget a model of ``n_bands`` inputs gets: none where it would keep every band."""
+    budget = config.max_bands
+    return budget if budget is not None and budget < n_bands else None
 
 
 def _build(config: TrainConfig, X: torch.Tensor, y: torch.Tensor, n_classes: int, say,
@@ -469,7 +476,7 @@ def _build(config: TrainConfig, X: torch.Tensor, y: torch.Tensor, n_classes: int
     model = NDClassifier(
         n_bands, n_classes, n_indices=config.n_indices, depth=config.depth,
         pairwise=config.pairwise, eps=config.eps, head_norm=config.head_norm,
-        head_hidden=config.head_hidden, max_bands=config.max_bands,
+        head_hidden=config.head_hidden, max_bands=effective_max_bands(config, n_bands),
     )
     if config.band_scale == "median":
         model.fit_band_scale(X)
