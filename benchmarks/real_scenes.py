@@ -645,9 +645,12 @@ def markdown(rows: list[dict], agg: dict, datasets, variants, argv, seconds: flo
         "2% column measures sensitivity.",
         "",
         "ND variants: default = `ndgeo train` defaults (32 indices, BatchNorm, MLP head 64, "
-        "per-band noise penalty 0.001, cosine schedule, refit); `--noise-penalty 0` = the same "
-        "without the penalty (the default until 2026-12-06); old defaults = `--schedule plateau "
-        "--head linear --indices 8` (the recipe before issue 10); `--noise-penalty W` = the "
+        "per-band noise penalty 0.001, band budget `--max-bands 32` (only inputs of more "
+        "than 32 bands feel it), cosine schedule, refit); `--max-bands all` = the same without "
+        "the budget (the default until 2026-12-06; on the datasets of 32 bands or fewer it is "
+        "the same model as the default); `--noise-penalty 0` = the default without the penalty; "
+        "old defaults = `--schedule plateau --head linear --indices 8 --max-bands all` (the "
+        "recipe before issue 10); `--noise-penalty W` = the "
         "per-band noise candidates (issue 10.4, table at the end); `--head-hidden 64,32` = a "
         "deeper head; `--max-bands 8 --head-hidden 32` = a small sparse model. MLPs: `--model "
         "mlp --mlp-hidden W`, same recipe. Invariant MLP 128-64 (x/Σx): a reference, not in the "

@@ -441,7 +441,9 @@ def _machine_fingerprint() -> str:
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             info = f.read(1 << 16)
-        cpu = "".join(re.findall(r"^(?:model name|flags)\s*:.*$", info, re.M)[:2])
+        # x86: model name, flags; ARM: implementer, part, features (first core's lines)
+        fields = r"model name|flags|CPU implementer|CPU part|Features"
+        cpu = "".join(dict.fromkeys(re.findall(rf"^(?:{fields})\s*:.*$", info, re.M))) or cpu
     except OSError:
         pass
     parts = (platform.machine(), cpu, version("torch"), np.__version__,
@@ -467,7 +469,8 @@ def classifier_inference(
     The weights are what :func:`ndgeo.nn.inference.band_major` folds (the coefficients what
     ``model.index_coefficients`` gives, ``[]`` for an MLP), computed with torch on the first
     call for a file's content and then kept per process and in :func:`inference_cache_dir`
-    under the file's SHA-256, so later CPU runs read the numbers without importing torch.
+    under the file's SHA-256 and this machine's fingerprint (CPU, torch, numpy, ``MKL_CBWR``),
+    so later CPU runs read the numbers without importing torch.
     A file is validated whole (:func:`load_classifier`) before anything of it is cached; a
     cache entry is trusted because its key is the content it was made from. The weights are
     None when :mod:`ndgeo.kernels` did not reproduce the torch module bit for bit on
@@ -485,8 +488,8 @@ def _classifier_inference(path: str) -> tuple[dict, list, BandMajorWeights]:
     _sniff(file)  # a GeoTIFF given as MODEL is refused before it is read whole
     digest = hashlib.sha256(file.read_bytes()).hexdigest()
     cache = inference_cache_dir()
-    name = f"{digest}.{_machine_fingerprint()}.v{_INFERENCE_FORMAT}.npz"
-    entry = None if cache is None else cache / name
+    entry = (None if cache is None
+             else cache / f"{digest}.{_machine_fingerprint()}.v{_INFERENCE_FORMAT}.npz")
     if entry is not None and entry.is_file():
         try:
             return _read_inference(entry)

@@ -72,7 +72,7 @@ class TrainConfig:
     head: str = "mlp"  # "linear" or "mlp" (ND models)
     head_hidden: tuple[int, ...] | None = None  # default: HEADS[head]
     # band budget per side of each first-layer index; None = all bands; "auto" = ND_MAX_BANDS
-    # for a dense ND layer (applied where the input has more bands), None otherwise
+    # for a dense ND layer, none for --pairwise (training.classifier.effective_max_bands)
     max_bands: int | str | None = "auto"
     prune_at: float = 0.5  # fraction of the budget after which the band budget is applied
     augment: bool = False  # per-band and per-pixel multiplicative jitter while training
@@ -130,9 +130,7 @@ class TrainConfig:
             raise NdgeoError("--head-hidden needs --head mlp (a linear head has no hidden layer)")
         if self.head == "mlp" and (not self.head_hidden or min(self.head_hidden) < 1):
             raise NdgeoError(f"--head mlp needs hidden widths >= 1, got {self.head_hidden}")
-        if self.max_bands == "auto":
-            self.max_bands = ND_MAX_BANDS if self.model == "nd" and not self.pairwise else None
-        if self.max_bands is not None:
+        if self.max_bands not in (None, "auto"):
             if isinstance(self.max_bands, str) or self.max_bands < 1:
                 raise NdgeoError(f"--max-bands must be >= 1, got {self.max_bands}")
             if self.pairwise:

@@ -4,6 +4,7 @@ for every head, exact formulas of budgeted models, budget recovery of the design
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from ndgeo.formula import evaluate, formulas_from_coefficients, to_plain
 from ndgeo.io.labels import pixels_from_arrays
 from ndgeo.nn import NDClassifier
 from ndgeo.nn.inference import band_major
-from ndgeo.training.classifier import train_model
+from ndgeo.training.classifier import effective_max_bands, train_model
 
 runner = CliRunner()
 HEADS = [dict(head_hidden=()), dict(head_hidden=(16,)), dict(head_hidden=(16, 8)),
@@ -168,19 +169,37 @@ def test_default_band_budget_applies_to_wide_inputs_only():
     a = train_model(narrow, TrainConfig(**fast)).model.state_dict()
     b = train_model(narrow, TrainConfig(max_bands=None, **fast)).model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert TrainConfig(pairwise=True).max_bands is None
-    assert TrainConfig(model="mlp").max_bands is None
+    assert effective_max_bands(TrainConfig(pairwise=True), 200) is None
+    assert effective_max_bands(TrainConfig(model="mlp"), 200) is None
+    assert effective_max_bands(replace(TrainConfig(), pairwise=True), 200) is None
 
 
-def test_max_bands_option_takes_all_and_refuses_nonsense(sample_scene, tmp_path):
+def test_max_bands_option_takes_all_and_refuses_nonsense(tmp_path):
+    """On a 40-band raster the default budget is applied and recorded; ``all`` lifts it."""
+    from ndgeo.config import ND_MAX_BANDS
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(1, 4, dtype=np.uint8), 32 * 32 // 3 + 1)[:32 * 32]
+    labels = labels.reshape(32, 32)
+    cube = rng.uniform(100, 200, (40, 32, 32)).astype(np.float32)
+    cube[labels - 1, np.arange(32)[:, None], np.arange(32)[None, :]] *= 1.5
+    profile = dict(driver="GTiff", width=32, height=32, crs="EPSG:32633",
+                   transform=rasterio.transform.from_origin(500000, 4000000, 10, 10))
+    image, truth = tmp_path / "wide.tif", tmp_path / "truth.tif"
+    with rasterio.open(image, "w", count=40, dtype="float32", **profile) as dst:
+        dst.write(cube)
+    with rasterio.open(truth, "w", count=1, dtype="uint8", nodata=0, **profile) as dst:
+        dst.write(labels, 1)
     out = tmp_path / "m.safetensors"
-    args = ["-q", "train", str(sample_scene.image), str(sample_scene.labels_raster), "-o",
-            str(out), "--epochs", "2", "--no-report"]
-    for bad in ("0", "x", "-3"):
+    args = ["-q", "train", str(image), str(truth), "-o", str(out), "--epochs", "2",
+            "--no-report", "--split", "random", "--indices", "2", "--overwrite"]
+    for bad in ("0", "x", "-3", "\u00b2"):
         result = runner.invoke(app, [*args, "--max-bands", bad])
         assert result.exit_code == 2 and "--max-bands" in result.output, bad
     result = runner.invoke(app, [*args, "--max-bands", "all", "--no-budget-table"])
     assert result.exit_code == 2 and "--max-bands N" in result.output
-    result = runner.invoke(app, [*args, "--max-bands", "all"])
-    assert result.exit_code == 0, result.output
-    assert load_model(out)[0].max_bands is None
+    for option, budget in (([], ND_MAX_BANDS), (["--max-bands", "all"], None)):
+        result = runner.invoke(app, [*args, *option])
+        assert result.exit_code == 0, result.output
+        model, meta = load_model(out)
+        assert model.max_bands == budget and meta["training"]["max_bands"] == budget, option

@@ -111,7 +111,7 @@ def _parse_max_bands(text: str | None) -> int | str | None:
         return "auto"
     if text.strip().lower() == "all":
         return None
-    if not text.strip().isdigit() or int(text) < 1:
+    if not text.strip().isdecimal() or not text.strip().isascii() or int(text) < 1:
         raise NdgeoError(f"--max-bands expects an integer >= 1 or 'all', got {text!r}")
     return int(text)
 
@@ -142,7 +142,7 @@ def train(
     head_norm: str = typer.Option("batchnorm", "--head-norm", help="Normalisation of ND outputs before the head: batchnorm, affine or none (none gives the most literal formulas)."),
     head: str = typer.Option(_DEFAULTS.head, "--head", help="Head on the learned indices: mlp (hidden ReLU layers; default) or linear."),
     head_hidden: str | None = typer.Option(None, "--head-hidden", help="Hidden widths of the mlp head, comma-separated (default 64)."),
-    max_bands: str | None = typer.Option(None, "--max-bands", metavar="N|all", help=f"Band budget: at most N bands per side of each learned index, so the exported formulas are the model exactly (pruned after half the training, then fine-tuned); 'all' = no budget. Default {ND_MAX_BANDS}, which touches only inputs of more bands (hyperspectral)."),
+    max_bands: str | None = typer.Option(None, "--max-bands", metavar="N|all", help=f"Band budget: at most N bands per side of each learned index, so the exported formulas are the model exactly (pruned after half the training, then fine-tuned); 'all' = no budget. Default {ND_MAX_BANDS} (none with --pairwise), which touches only inputs of more bands (hyperspectral)."),
     budget_table: bool = typer.Option(True, "--budget-table/--no-budget-table", help="With --max-bands N: also train budgets 1, 2, 3 and all on the same split and print their accuracy."),
     mlp_hidden: str = typer.Option("64,32", "--mlp-hidden", help="Hidden widths of the MLP baseline (--model mlp, --compare), comma-separated."),
     augment: bool = typer.Option(False, "--augment", help="Train with per-band multiplicative jitter (x(1 + 0.05 N(0,1)) per band and pixel) and per-pixel illumination jitter (x exp(0.2 N(0,1)))."),
@@ -176,7 +176,7 @@ def train(
     if report is not None and no_report:
         raise NdgeoError("--report and --no-report contradict each other; give one")
     if given(ctx, "noise_penalty_on"):
-        if noise_penalty == 0 or model == "mlp":
+        if noise_penalty == 0:
             raise NdgeoError("--noise-penalty-on needs the noise penalty on (ND models, "
                              "--noise-penalty W > 0)")
         if noise_penalty_on == "loss" and noise_penalty is None:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ndgeo.config import TrainConfig
+from ndgeo.config import ND_MAX_BANDS, TrainConfig
 from ndgeo.device import resolve_device
 from ndgeo.errors import NdgeoError
 from ndgeo.io.labels import TrainingPixels, default_class_info
@@ -154,6 +154,7 @@ class TrainResult:
                          "color": "#{:02x}{:02x}{:02x}".format(*c.color)} for i, c in
                         enumerate(self.class_info or default_class_info(self.classes))],
             "training": {**self.config.to_dict(), "best_epoch": self.best_epoch,
+                         "max_bands": getattr(self.model, "max_bands", None),  # as applied
                          "epochs_run": len(self.history), "train_seconds": self.train_seconds,
                          "n_train": int(self.train_idx.size), "n_val": int(self.val_idx.size),
                          "n_parameters": self.n_parameters,
@@ -448,7 +449,7 @@ def compare_models(
                          config.seed)
     variants = [config]
     if compare:
-        variants.append(replace(config, model="mlp", noise_penalty=0.0, max_bands=None))
+        variants.append(replace(config, model="mlp", noise_penalty=0.0))
     if config.model == "nd":
         variants += [replace(config, max_bands=b, refit=False) for b in budgets
                      if b != config.max_bands]
@@ -457,8 +458,11 @@ def compare_models(
 
 
 def effective_max_bands(config: TrainConfig, n_bands: int) -> int | None:
-    """The band budget a model of ``n_bands`` inputs gets: none where it would keep every band."""
+    """The band budget a model of ``n_bands`` inputs gets: none where it would keep every band
+    (``"auto"``: :data:`~ndgeo.config.ND_MAX_BANDS` for a dense ND layer)."""
     budget = config.max_bands
+    if budget == "auto":
+        budget = None if config.pairwise or config.model != "nd" else ND_MAX_BANDS
     return budget if budget is not None and budget < n_bands else None
 
 
