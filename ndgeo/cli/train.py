@@ -109,11 +109,12 @@ def _parse_max_bands(text: str | None) -> int | str | None:
     """``--max-bands``: an integer N >= 1, ``all`` (None: no budget), or not given ("auto")."""
     if text is None:
         return "auto"
-    if text.strip().lower() == "all":
+    value = text.strip()
+    if value.lower() == "all":
         return None
-    if not text.strip().isdecimal() or not text.strip().isascii() or int(text) < 1:
+    if not (value.isascii() and value.isdecimal()) or int(value) < 1:
         raise NdgeoError(f"--max-bands expects an integer >= 1 or 'all', got {text!r}")
-    return int(text)
+    return int(value)
 
 
 @app.command()
