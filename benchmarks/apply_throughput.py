@@ -649,8 +649,8 @@ def profile(src: str, model: str, chunk: int, device: str = "cpu", n_windows: in
                 t0 = tick(f"{label}: read + valid mask ({len(pos)} bands)", t0)
                 if label == "apply" and weights is not None and device == "cpu":
                     x = raw.reshape(raw.shape[0], -1)  # the processor's steps, one by one
-                    for part in kernels.batches(x.shape[1], proc.batch_size):
-                        batch = kernels.run_columns(lambda b: b, x[:, part], proc.batch_size)
+                    for part in kernels.batches(x.shape[1], kernels.CACHE_COLUMNS):
+                        batch = kernels.run_columns(lambda b: b, x[:, part])
                         t0 = tick("apply: batch to float32 (padded copy)", t0)
                         h = kernels.first_layer(weights, batch)
                         t0 = tick("apply: ND layer (GEMM + divide)", t0)

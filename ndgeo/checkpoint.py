@@ -418,8 +418,9 @@ def cached_load(
 
 # -- the torch-free inference form of a classifier file -------------------------------------
 
-#: Bumped whenever what :func:`classifier_inference` stores changes.
-_INFERENCE_FORMAT = 2
+#: Bumped whenever what :func:`classifier_inference` stores changes, or how :mod:`ndgeo.kernels`
+#: computes (an entry's ``exact`` flag is a verdict on the kernels of its day).
+_INFERENCE_FORMAT = 3
 
 
 def _machine_fingerprint() -> str:
@@ -508,7 +509,10 @@ def _classifier_inference(path: str) -> tuple[dict, list, BandMajorWeights]:
 
 
 def _exact_weights(net) -> BandMajorWeights | None:
-    """``net``'s numpy weights if :mod:`ndgeo.kernels` gives its exact logits and indices."""
+    """``net``'s numpy weights in the first :mod:`ndgeo.kernels` layout (pixel-major, then
+    band-major) that gives its exact logits and indices, else None."""
+    import dataclasses
+
     import torch
 
     from ndgeo import kernels
@@ -520,12 +524,15 @@ def _exact_weights(net) -> BandMajorWeights | None:
         want = [net(torch.from_numpy(x)).numpy()]
         if weights.kind == "nd":
             want.append(net.indices(torch.from_numpy(x)).numpy())
-    got = [kernels.run_columns(partial(kernels.forward, weights), x, 4096)]
-    if weights.kind == "nd":
-        got.append(kernels.run_columns(partial(kernels.indices, weights), x, 4096))
-    same = all(np.array_equal(a.view(np.uint32), b.view(np.uint32))
-               for a, b in zip(got, want, strict=True))
-    return weights if same else None
+    for layout in ("pixels", "bands"):
+        candidate = dataclasses.replace(weights, layout=layout)
+        got = [kernels.run_columns(partial(kernels.forward, candidate), x)]
+        if weights.kind == "nd":
+            got.append(kernels.run_columns(partial(kernels.indices, candidate), x))
+        if all(np.array_equal(a.view(np.uint32), b.view(np.uint32))
+               for a, b in zip(got, want, strict=True)):
+            return candidate
+    return None
 
 
 def _read_inference(entry: Path) -> tuple[dict, list, BandMajorWeights | None]:

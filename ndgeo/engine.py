@@ -347,7 +347,16 @@ class Execution:
         finally:
             client.close()
             if cluster is not None:
-                cluster.close()
+                # Closing kills workers still inside a task (after a Ctrl-C): the nanny warns
+                # about each one, but that kill is ours, not news (still shown with -v).
+                nanny = logging.getLogger("distributed.nanny")
+                before = nanny.level
+                if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
+                    nanny.setLevel(logging.ERROR)
+                try:
+                    cluster.close()
+                finally:
+                    nanny.setLevel(before)
 
 
 def _ram_bytes() -> float | None:

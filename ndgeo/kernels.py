@@ -1,15 +1,17 @@
-"""Band-major pixel-classifier inference in numpy: the CPU path of ``ndgeo apply``, without torch.
+"""Pixel-classifier inference in numpy: the CPU path of ``ndgeo apply``, without torch.
 
 The weights are those of :mod:`ndgeo.nn.inference`'s eval-only band-major modules, folded by
 torch once per model file (:func:`ndgeo.checkpoint.band_major_weights` keeps them on disk), so
 a CPU run never imports torch (~1.4 s of start-up on the project's machine). Every step is the
 same IEEE operation in the same order as the torch module: GEMMs with a 10-64 long inner
-dimension, elementwise add/divide, clamps that keep ``-0.0`` as torch's do. tests/test_startup.py
-checks the outputs are bit-identical to the torch modules (on this project's x86_64 machine
-MKL and OpenBLAS give the same sums on full blocks of columns, see :data:`COLUMN_BLOCK`), and
-each machine checks it again when it first folds a model file (a model whose kernels differ
-there stays on torch); inputs with GDAL scale/offset stay on torch, whose ``addcmul`` fuses the
-multiply-add.
+dimension, elementwise add/divide, clamps that keep ``-0.0`` as torch's do. The GEMMs run
+pixel-major (pixels as rows, on transposed views of the band-major data): the same sums, and
+OpenBLAS is up to 3x faster with pixels as the long dimension of a 16-64 wide product.
+tests/test_startup.py checks the outputs are bit-identical to the torch modules (on this
+project's x86_64 machine MKL and OpenBLAS give the same sums for the one GEMM shape used, see
+:data:`CACHE_COLUMNS`), and each machine checks it again when it first folds a model file (a
+model whose kernels differ there stays on torch); inputs with GDAL scale/offset stay on torch,
+whose ``addcmul`` fuses the multiply-add.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -30,7 +33,8 @@ class BandMajorWeights:
     ``first`` (2K, C): numerator rows then denominator rows of the first ND layer (band scale
     folded in); ``hidden``: (difference, total) matrices of further ND layers; ``weights`` and
     ``biases`` (n, 1): the linear layers after them (head normalisation or z-score folded into
-    the first).
+    the first). ``layout`` is how the GEMMs run: ``pixels`` (pixels as rows, the fast one) or
+    ``bands`` (as the torch module); the fold keeps the first that reproduces torch.
     """
 
     kind: str
@@ -39,14 +43,40 @@ class BandMajorWeights:
     first: np.ndarray | None = None
     eps: tuple[float, ...] = ()
     hidden: tuple[np.ndarray, ...] = ()
+    layout: str = "pixels"
 
     @property
     def n_indices(self) -> int:
         return 0 if self.first is None else self.first.shape[0] // 2
 
+    @cached_property
+    def _transposed(self) -> dict[int, np.ndarray]:
+        """Contiguous transposes of the matrices, by ``id`` (a transposed view would make BLAS
+        pick another kernel, with other last bits)."""
+        mats = (*self.first_halves, *self.weights, *self.hidden)
+        return {id(a): np.ascontiguousarray(a.T) for a in mats}
+
+    @cached_property
+    def first_halves(self) -> tuple[np.ndarray, ...]:
+        """The numerator and denominator rows of ``first`` as contiguous arrays (none for an
+        MLP)."""
+        if self.first is None:
+            return ()
+        k = self.n_indices
+        return np.ascontiguousarray(self.first[:k]), np.ascontiguousarray(self.first[k:])
+
+    def matmul(self, a: np.ndarray, h: np.ndarray, name: str) -> np.ndarray:
+        """``a @ h`` for ``h`` (K, N) in this layout, into the per-thread work array ``name``:
+        (M, N), a transposed view of an (N, M) array in the ``pixels`` layout."""
+        n = h.shape[1]
+        if self.layout == "pixels":
+            return np.matmul(h.T, self._transposed[id(a)], out=_scratch(name, n, a.shape[0])).T
+        return np.matmul(a, h, out=_scratch(name, a.shape[0], n))
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Named arrays for ``numpy.savez`` (no pickle)."""
-        out = {"kind": np.array(self.kind), "eps": np.asarray(self.eps, dtype=np.float64)}
+        out = {"kind": np.array(self.kind), "eps": np.asarray(self.eps, dtype=np.float64),
+               "layout": np.array(self.layout)}
         if self.first is not None:
             out["first"] = self.first
         for name, seq in (("weight", self.weights), ("bias", self.biases),
@@ -63,7 +93,8 @@ class BandMajorWeights:
 
         return cls(kind=str(arrays["kind"]), weights=seq("weight"), biases=seq("bias"),
                    first=np.ascontiguousarray(arrays["first"]) if "first" in arrays else None,
-                   eps=tuple(float(e) for e in arrays["eps"]), hidden=seq("hidden"))
+                   eps=tuple(float(e) for e in arrays["eps"]), hidden=seq("hidden"),
+                   layout=str(arrays["layout"]))
 
 
 def clamp_min_zero(x: np.ndarray) -> np.ndarray:
@@ -90,9 +121,11 @@ def _scratch(name: str, rows: int, cols: int) -> np.ndarray:
 def first_layer(w: BandMajorWeights, x: np.ndarray) -> np.ndarray:
     """First-layer ND values ``(K, N)`` of float32 band-major pixels ``x`` (C, N), unclamped
     (a per-thread work array: valid until the next call in the thread)."""
-    both = np.matmul(w.first, x, out=_scratch("first", w.first.shape[0], x.shape[1]))
-    k = w.n_indices
-    num, den = both[:k], both[k:]
+    if w.layout == "pixels":  # two GEMMs: the divide then runs on contiguous rows
+        num, den = (w.matmul(half, x, f"first{i}") for i, half in enumerate(w.first_halves))
+    else:
+        both = w.matmul(w.first, x, "first")
+        num, den = both[:w.n_indices], both[w.n_indices:]
     den += np.float32(w.eps[0])
     num /= den
     return num
@@ -104,24 +137,22 @@ def indices(w: BandMajorWeights, x: np.ndarray) -> np.ndarray:
 
 
 def from_indices(w: BandMajorWeights, h: np.ndarray) -> np.ndarray:
-    """Logits ``(n_classes, N)`` (a new array) from first-layer values (for an MLP: pixels).
+    """Logits ``(n_classes, N)`` from first-layer values ``(K, N)`` (for an MLP: pixels), a
+    per-thread work array.
 
     The hidden ReLU is ``np.maximum``, which turns torch's ``-0.0`` into ``+0.0``: a signed
     zero only changes the sign of a later sum that is exactly zero, which neither an argmax
     nor a softmax (``exp(-0) == exp(0)``) can see.
     """
-    n = h.shape[1]
     for i, eps in enumerate(w.eps[1:]):
-        diff, total = w.hidden[2 * i], w.hidden[2 * i + 1]
-        den = np.matmul(total, np.abs(h), out=_scratch(f"den{i}", total.shape[0], n))
+        den = w.matmul(w.hidden[2 * i + 1], np.abs(h), f"den{i}")
         den += np.float32(eps)
-        out = np.matmul(diff, h, out=_scratch(f"nd{i}", diff.shape[0], n))
+        out = w.matmul(w.hidden[2 * i], h, f"nd{i}")
         out /= den
         h = np.clip(out, -1.0, 1.0, out=out)
     last = len(w.weights) - 1
     for i, (weight, bias) in enumerate(zip(w.weights, w.biases, strict=True)):
-        out = (np.matmul(weight, h) if i == last
-               else np.matmul(weight, h, out=_scratch(f"head{i}", weight.shape[0], n)))
+        out = w.matmul(weight, h, f"head{i}")
         out += bias
         h = out if i == last else np.maximum(out, 0, out=out)
     return h
@@ -159,14 +190,12 @@ def batches(n: int, batch_size: int) -> Iterator[slice]:
         yield slice(start, min(start + batch_size, n))
 
 
-#: Batches are padded to a multiple of this many columns: BLAS libraries compute a last
-#: partial block of columns with other instructions (MKL, torch's, and OpenBLAS, numpy's, then
-#: differ in the last bit), full blocks identically.
-COLUMN_BLOCK = 64
-
-#: At most this many columns per step, whatever ``batch_size`` says: the widest work array
-#: (64 x 4096 float32, 1 MB) then stays in L2 between the GEMM, the bias, the ReLU and the next
-#: GEMM (2048-4096 ran up to 1.5x faster than 16384 on the project's machine).
+#: Every step is exactly this many pixels (a last partial one padded with zeros): one GEMM
+#: shape per model, the one :func:`ndgeo.checkpoint.classifier_inference` checks against torch.
+#: BLAS libraries pick kernels by shape, and OpenBLAS's small-matrix kernels (taken up to ~3000
+#: pixels here) give other last bits than MKL's. The widest work array (4096 x 64 float32,
+#: 1 MB) stays in L2 between the GEMM, the bias, the ReLU and the next GEMM (2048-4096 ran up
+#: to 1.5x faster than 16384 on the project's machine).
 CACHE_COLUMNS = 4096
 
 
@@ -193,17 +222,17 @@ def one_blas_thread() -> None:
 
 
 def run_columns(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
-                batch_size: int) -> np.ndarray:
-    """``fn`` over column batches of band-major ``x`` (C, N) (at most :data:`CACHE_COLUMNS`
-    wide), each copied into a float32 buffer
-    padded with zero columns to a multiple of :data:`COLUMN_BLOCK` (the conversion stays in
-    cache); ``fn`` returns ``(K, n)`` or ``(n,)``. One output array."""
+                batch_size: int = CACHE_COLUMNS) -> np.ndarray:
+    """``fn`` over steps of ``batch_size`` pixels (at most :data:`CACHE_COLUMNS`) of band-major
+    ``x`` (C, N), each copied into a float32 buffer of exactly :data:`CACHE_COLUMNS` pixels,
+    zero-padded (the conversion stays in cache); ``fn`` returns ``(K, n)`` or ``(n,)``. One
+    output array."""
     one_blas_thread()
     n = x.shape[1]
     out: np.ndarray | None = None
     for part in batches(n, min(batch_size, CACHE_COLUMNS)):
         width = part.stop - part.start
-        buf = _scratch("batch", x.shape[0], -(-width // COLUMN_BLOCK) * COLUMN_BLOCK)
+        buf = _scratch("batch", x.shape[0], CACHE_COLUMNS)
         buf[:, :width] = x[:, part]
         buf[:, width:] = 0
         result = fn(buf)[..., :width]
@@ -215,7 +244,7 @@ def run_columns(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
 
 def probe_pixels(n_bands: int, seed: int = 0) -> np.ndarray:
     """float32 band-major pixels over the ranges models meet (reflectance 0-1 and x 10000
-    integers), with a partial last block: what :func:`ndgeo.checkpoint.classifier_inference`
+    integers), with a zero-padded last step: what :func:`ndgeo.checkpoint.classifier_inference`
     runs through both the torch module and these kernels before trusting the kernels."""
     rng = np.random.default_rng(seed)
     small = rng.uniform(0, 1, (n_bands, 2048))

@@ -114,7 +114,7 @@ def apply_cmd(
     quantize: bool = typer.Option(False, "--quantize", help="Write probabilities as uint8 (value/250) instead of float32 (proba output only)."),
     denoise: Path | None = typer.Option(None, "--denoise", help="Denoiser file (`ndgeo denoise train`) applied before the model, in the same pass."),
     backbone: str | None = opt.USER_BACKBONE,
-    batch_size: int = typer.Option(16384, "--batch-size", help="Pixels per model batch (compute unit); about 16k keeps a CPU batch in cache, GPUs may like more."),
+    batch_size: int = typer.Option(16384, "--batch-size", help="Pixels per model batch (compute unit). CPU kernels take at most 4096 at a time (cache) and always compute 4096 (one GEMM shape, checked against torch), so smaller values only slow them; GPUs like 2^20 or more."),
     device: str = opt.DEVICE,
     scale: float | None = opt.SCALE,
     offset: float | None = opt.OFFSET,
