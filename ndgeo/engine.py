@@ -329,13 +329,14 @@ class Execution:
             client = _client_within(self.scheduler, self.timeout)
             cluster = None
         elif self.workers:
-            # Workers log at ERROR unless -v: a Ctrl-C would otherwise print one "task
-            # cancelled" warning per running task from every worker process.
+            # Our cluster logs at ERROR unless -v: a Ctrl-C would otherwise print one "task
+            # cancelled" warning per running task from every worker process, and one "still
+            # alive, killing" from the nanny for each worker closed inside a task.
             root = logging.getLogger().getEffectiveLevel()
+            cluster_level = logging.ERROR if root >= logging.WARNING else root
             cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1,
                                    processes=True, dashboard_address=None,
-                                   silence_logs=logging.ERROR if root >= logging.WARNING
-                                   else root)
+                                   silence_logs=cluster_level)
             self.clusters_started += 1
             client = Client(cluster, timeout=self.timeout)
         else:
@@ -347,12 +348,9 @@ class Execution:
         finally:
             client.close()
             if cluster is not None:
-                # Closing kills workers still inside a task (after a Ctrl-C): the nanny warns
-                # about each one, but that kill is ours, not news (still shown with -v).
                 nanny = logging.getLogger("distributed.nanny")
                 before = nanny.level
-                if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
-                    nanny.setLevel(logging.ERROR)
+                nanny.setLevel(cluster_level)
                 try:
                     cluster.close()
                 finally:
